@@ -1,0 +1,6 @@
+"""Model zoo: `get_model(name, weights)`, layer names, and head/tail splitting."""
+
+from infoflow.models.split import SplitModel
+from infoflow.models.zoo import MODELS, ZooModel, get_model, list_models
+
+__all__ = ["MODELS", "SplitModel", "ZooModel", "get_model", "list_models"]

@@ -1,0 +1,185 @@
+"""The model zoo: models by name, their weights, and their layers by the papers' names.
+
+Weights are one of
+- ``"none"``: random initialisation;
+- a torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), fetched the torchvision way;
+- ``"default"`` for ``shapesnet``: trained on the built-in ``shapes`` data on first use and cached;
+- a path to a local checkpoint (a ``state_dict``, or a Lightning checkpoint), loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from infoflow.models.cifar_resnet import CifarResNet
+from infoflow.models.layers import resnet_layers, shapesnet_layers, vgg_layers
+from infoflow.models.shapesnet import ShapesNet
+from infoflow.registry import Registry
+from infoflow.utils.checkpoint import load_state_dict_file
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build one zoo model."""
+
+    build: Callable[[int], nn.Module]
+    layers: Callable[[nn.Module], dict[str, str]]
+    input_size: tuple[int, int, int]
+    num_classes: int
+    torchvision_name: str | None = None
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def _torchvision(name: str, layers: Callable[[nn.Module], dict[str, str]]) -> ModelEntry:
+    return ModelEntry(
+        build=lambda n: torchvision.models.get_model(name, weights=None, num_classes=n),
+        layers=layers,
+        input_size=(3, 224, 224),
+        num_classes=1000,
+        torchvision_name=name,
+    )
+
+
+for _name in ("vgg16", "vgg19", "alexnet"):
+    MODELS.register(_name)(_torchvision(_name, vgg_layers))
+for _name in ("resnet18", "resnet34", "resnet50"):
+    MODELS.register(_name)(_torchvision(_name, resnet_layers))
+for _depth in (20, 32, 44):
+    MODELS.register(f"resnet{_depth}")(
+        ModelEntry(lambda n, d=_depth: CifarResNet(d, n), resnet_layers, (3, 32, 32), 10)
+    )
+MODELS.register("shapesnet")(ModelEntry(lambda n: ShapesNet(n), shapesnet_layers, (3, 64, 64), 4))
+
+
+@dataclass
+class ZooModel:
+    """A zoo model in eval mode together with what the methods need to know about it.
+
+    Attributes:
+        module: the network, mapping images (N, C, H, W) to logits (N, num_classes).
+        layers: the papers' layer names -> module paths, in forward order.
+        input_size: expected (C, H, W) of one input image.
+    """
+
+    name: str
+    module: nn.Module
+    num_classes: int
+    input_size: tuple[int, int, int]
+    weights: str = "none"
+    layers: dict[str, str] = field(default_factory=dict)
+
+    def layer_path(self, layer: str) -> str:
+        """Resolve a paper layer name (``conv4_1``) or a module path (``features.17``) to a module path."""
+        if layer in self.layers:
+            return self.layers[layer]
+        if layer and layer in dict(self.module.named_modules()):
+            return layer
+        raise ValueError(
+            f"unknown layer {layer!r} for model {self.name!r}; valid layers: {', '.join(self.layers)}"
+            " (a module path such as one of model.named_modules() is accepted too)"
+        )
+
+    def layer_module(self, layer: str) -> nn.Module:
+        return self.module.get_submodule(self.layer_path(layer))
+
+    def conv_layers(self) -> list[str]:
+        """The paper names of all convolutional layers/blocks, in forward order."""
+        return [n for n in self.layers if n.startswith("conv")]
+
+    def check_inputs(self, inputs: torch.Tensor) -> None:
+        """Raise a clear error unless `inputs` is a batch (N, C, H, W) of the expected image size."""
+        if inputs.dim() != 4 or tuple(inputs.shape[1:]) != tuple(self.input_size):
+            raise ValueError(
+                f"model {self.name!r} expects images of shape (N, {', '.join(map(str, self.input_size))}),"
+                f" got {tuple(inputs.shape)}"
+            )
+
+    def check_target(self, target: torch.Tensor) -> None:
+        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
+            raise ValueError(
+                f"target out of range: model {self.name!r} has {self.num_classes} classes (0..{self.num_classes - 1}),"
+                f" got {target.tolist()}"
+            )
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def get_model(
+    name: str,
+    weights: str | Path | None = "none",
+    num_classes: int | None = None,
+    input_size: tuple[int, int, int] | list[int] | None = None,
+) -> ZooModel:
+    """Build zoo model `name` with `weights` (see module docstring), in eval mode."""
+    entry = MODELS.get(name)
+    num_classes = int(num_classes or entry.num_classes)
+    weights = "none" if weights is None else str(weights)
+    module = entry.build(num_classes)
+    if weights.lower() == "none":
+        pass
+    elif weights == "default" and name == "shapesnet":
+        from infoflow.models.pretrained import shapesnet_default_state_dict
+
+        module.load_state_dict(shapesnet_default_state_dict(num_classes))
+    elif Path(weights).expanduser().exists() or "/" in weights or weights.endswith((".pt", ".pth", ".ckpt")):
+        load_into(module, load_state_dict_file(Path(weights).expanduser()), source=weights)
+    elif entry.torchvision_name is not None:
+        module.load_state_dict(_torchvision_state_dict(entry.torchvision_name, weights, num_classes))
+    else:
+        raise ValueError(
+            f"unknown weights {weights!r} for model {name!r}: use 'none', a checkpoint path"
+            + (", or 'default'" if name == "shapesnet" else "")
+        )
+    module.eval()
+    size = tuple(int(s) for s in (input_size or entry.input_size))
+    return ZooModel(name, module, num_classes, size, weights, entry.layers(module))  # type: ignore[arg-type]
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `module`, stripping a Lightning ``model.``/``module.`` prefix, with a clear error."""
+    own = module.state_dict()
+    for prefix in ("model.", "module.", "net."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {source} does not fit {type(module).__name__}: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"shape mismatches {shapes[:5]}"
+        )
+    module.load_state_dict(state)
+
+
+def _torchvision_state_dict(tv_name: str, spec: str, num_classes: int) -> dict[str, torch.Tensor]:
+    enum = torchvision.models.get_model_weights(tv_name)
+    try:
+        weights = enum[spec.upper()] if spec.upper() != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ", ".join(["none", "DEFAULT", *enum.__members__])
+        raise ValueError(f"unknown weights {spec!r} for {tv_name}; valid: {valid}, or a checkpoint path") from None
+    classes = len(weights.meta["categories"])
+    if num_classes != classes:
+        raise ValueError(f"{weights} has {classes} classes, but num_classes={num_classes}")
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:  # network errors come in many types (URLError, OSError, ...)
+        filename = Path(weights.url).name
+        raise RuntimeError(
+            f"could not download {weights} from {weights.url} ({type(err).__name__}: {err}). "
+            f"This machine may be offline: fetch the file elsewhere and pass it as weights=/path/to/{filename}, "
+            f"or put it in {Path(torch.hub.get_dir()) / 'checkpoints' / filename}"
+        ) from err
