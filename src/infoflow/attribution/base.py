@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,6 +23,11 @@ class Attribution(ABC):
 
     def __init__(self, model: ZooModel) -> None:
         self.model = model
+
+    def fit(self, dataloader: Iterable[dict[str, torch.Tensor]]) -> Attribution:
+        """Fit whatever the method estimates from data (IBA's feature statistics, PatternAttribution's
+        patterns, ...) on batches of the datamodule format. Methods that need nothing return at once."""
+        return self
 
     @property
     def device(self) -> torch.device:
