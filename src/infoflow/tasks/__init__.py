@@ -1,0 +1,22 @@
+"""`train.py` tasks by name: each is ``run(cfg) -> dict of final metrics``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from infoflow.registry import Registry
+
+TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
+
+#: modules whose import registers the tasks
+_TASK_MODULES = ("infoflow.tasks.classifier",)
+
+
+def run_task(cfg: DictConfig) -> dict[str, Any]:
+    for module in _TASK_MODULES:
+        importlib.import_module(module)
+    return TASKS.get(cfg.task.name)(cfg)

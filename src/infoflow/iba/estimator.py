@@ -1,0 +1,123 @@
+"""Streaming per-element statistics of a layer's feature map, as a torchmetrics `Metric`.
+
+Sums are kept in float64 (count, sum, sum of squares, non-zero count), so updates stream over any number
+of batches and, under DDP, the states are summed across processes: every rank ends with the same mean,
+std and active mask as one process that saw all the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torchmetrics import Metric
+
+from infoflow.utils.checkpoint import atomic_save, load_file
+
+
+class NotEstimatedError(RuntimeError):
+    """Attribution was asked for before the feature statistics were estimated."""
+
+
+class Estimator(Metric):
+    """Per-element mean and std of features of shape `shape` = (C, H, W) (or any shape).
+
+    Args:
+        shape: shape of one feature map, without the batch dimension.
+        min_std: the std is clamped to at least this value (the reference uses 0.01).
+        active_threshold: an element is *active* when it is non-zero in more than this fraction of samples.
+    """
+
+    full_state_update = False
+
+    def __init__(self, shape: tuple[int, ...], min_std: float = 0.01, active_threshold: float = 0.01) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.min_std = min_std
+        self.active_threshold = active_threshold
+        zeros = torch.zeros(self.shape, dtype=torch.float64)
+        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("s1", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("s2", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("nonzero", zeros.clone(), dist_reduce_fx="sum")
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of features (N, *shape)."""
+        if tuple(features.shape[1:]) != self.shape:
+            raise ValueError(f"estimator expects features of shape (N, {self.shape}), got {tuple(features.shape)}")
+        f = features.detach().to(torch.float64)
+        self.n += f.shape[0]
+        self.s1 += f.sum(0)
+        self.s2 += (f * f).sum(0)
+        self.nonzero += (f != 0).sum(0)
+
+    def _check(self) -> None:
+        if self.n < 2:
+            raise NotEstimatedError("the estimator has seen fewer than 2 samples: fit it on data first")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        self._check()
+        return (self.s1 / self.n).float()
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Sample std (Bessel-corrected), clamped to at least `min_std`."""
+        self._check()
+        var = (self.s2 - self.s1 * self.s1 / self.n) / (self.n - 1)
+        return var.clamp_min(0).sqrt().clamp_min(self.min_std).float()
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Bool mask of the elements that are non-zero in more than `active_threshold` of the samples."""
+        self._check()
+        return self.nonzero / self.n > self.active_threshold
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.mean, self.std, self.active
+
+    def save(self, path: str | Path) -> Path:
+        """Write the sums to `path` atomically."""
+        state = {"shape": torch.tensor(self.shape), "n": self.n, "s1": self.s1, "s2": self.s2, "nonzero": self.nonzero}
+        return atomic_save({k: v.detach().cpu() for k, v in state.items()}, path)
+
+    def load(self, path: str | Path) -> Estimator:
+        """Load sums saved by `save`; the feature shape must match."""
+        state = load_file(path)
+        shape = tuple(state["shape"].tolist())
+        if shape != self.shape:
+            raise ValueError(f"estimator file {path} is for features of shape {shape}, not {self.shape}")
+        for key in ("n", "s1", "s2", "nonzero"):
+            setattr(self, key, state[key].to(self.device))
+        return self
+
+
+@torch.no_grad()
+def fit_estimator(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[dict[str, torch.Tensor]],
+    max_samples: int = 5000,
+    cache: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> Estimator:
+    """Estimate the statistics of ``features(images)`` over at most `max_samples` images of `batches`.
+
+    With `cache`, a saved estimator is loaded from that file when it exists, else the fitted one is saved
+    there, so each (model, weights, layer, data) is estimated once.
+    """
+    estimator: Estimator | None = None
+    for batch in batches:
+        f = features(batch["image"].to(device))
+        if estimator is None:
+            estimator = Estimator(tuple(f.shape[1:])).to(device)
+            if cache is not None and Path(cache).is_file():
+                return estimator.load(cache)
+        estimator.update(f[: max_samples - int(estimator.n)])
+        if estimator.n >= max_samples:
+            break
+    if estimator is None:
+        raise ValueError("no data to estimate the feature statistics from")
+    if cache is not None:
+        estimator.save(cache)
+    return estimator

@@ -1,0 +1,73 @@
+"""Train a zoo classifier on a datamodule: ``python train.py task=classifier``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.tasks import TASKS
+from infoflow.utils.checkpoint import atomic_save
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy training of `model` with Adam and a cosine learning-rate schedule.
+
+    Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc`` (top-1).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, lr: float = 2e-3, weight_decay: float = 1e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.acc = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        self.acc[stage](logits, batch["label"])
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=stage != "train")
+        self.log(f"{stage}/acc", self.acc[stage], prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], _idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = self.trainer.estimated_stepping_batches
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=int(steps)), "interval": "step"}}
+
+
+@TASKS.register("classifier")
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data` from `cfg.weights` (use weights=none to start from scratch)."""
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
+    module = ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    metrics = trainer.test(module, datamodule=dm)[0]
+    if trainer.is_global_zero:
+        path = atomic_save(module.model.state_dict(), Path(cfg.paths.output_dir) / "model.pt")
+        print(f"weights: {path}  (use weights={path})")
+    return metrics
