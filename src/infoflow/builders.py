@@ -11,6 +11,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from infoflow.attribution.base import METHODS, Attribution
 from infoflow.data.base import ImageDataModule
 from infoflow.models.zoo import ZooModel, get_model
 
@@ -62,6 +63,26 @@ def cache_path(cfg: DictConfig, kind: str, layer: str, weights: str | None = Non
     """File for statistics computed once per (model, weights, layer, data): estimators, delta_f^2, ..."""
     w = weights_id(cfg.weights if weights is None else weights)
     return Path(cfg.paths.cache_dir) / kind / f"{cfg.model.name}-{w}-{layer}-{data_id(cfg)}.pt"
+
+
+def _cache_path_resolver(kind: str, *, _root_: DictConfig) -> str:
+    return str(cache_path(_root_, kind, _root_.layer))
+
+
+OmegaConf.register_new_resolver("cache_path", _cache_path_resolver, replace=True)
+
+
+def build_method(cfg: DictConfig, model: ZooModel, dm: ImageDataModule | None = None) -> Attribution:
+    """The attribution method `cfg.method` for `model`, fitted on the data's training split when needed."""
+    import infoflow.attribution.registered  # noqa: F401  (imports every method module)
+
+    kwargs = OmegaConf.to_container(cfg.method, resolve=True)
+    assert isinstance(kwargs, dict)
+    method = METHODS.get(kwargs.pop("name"))(model, **kwargs)
+    if dm is not None:
+        dm.setup("fit")
+        method.fit(dm.train_dataloader())
+    return method
 
 
 def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:

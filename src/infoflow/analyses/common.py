@@ -1,0 +1,62 @@
+"""Pieces shared by the analyses: images to analyse, provenance, logging of results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from infoflow.builders import build_loggers
+from infoflow.data.base import ImageDataModule
+from infoflow.utils.tables import write_csv
+
+
+def provenance(cfg: DictConfig) -> str:
+    """The resolved config as YAML, stored in every figure and next to every table."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def evaluation_batches(
+    dm: ImageDataModule, num_images: int, device: torch.device | str = "cpu"
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of the test split (on `device`) until `num_images` images have been given."""
+    dm.setup("test")
+    seen = 0
+    for batch in dm.test_dataloader():
+        if seen >= num_images:
+            return
+        take = min(num_images - seen, batch["label"].shape[0])
+        yield {k: v[:take].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        seen += take
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_results(cfg: DictConfig, tables: dict[str, pd.DataFrame], images: dict[str, list[Path]],
+                summary: dict[str, Any]) -> None:
+    """Write tables as CSV into the run directory and log tables, images and summary to every logger."""
+    out = output_dir(cfg)
+    for name, df in tables.items():
+        write_csv(df, out / f"{name}.csv")
+    (out / "config.yaml").write_text(provenance(cfg))
+    for logger in build_loggers(cfg):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        if summary:
+            logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        if hasattr(logger, "log_table"):
+            for name, df in tables.items():
+                logger.log_table(key=name, dataframe=df)  # type: ignore[attr-defined]
+            for name, paths in images.items():
+                if paths:
+                    logger.log_image(key=name, images=[str(p) for p in paths])  # type: ignore[attr-defined]
+        logger.finalize("success")
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()

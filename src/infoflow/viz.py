@@ -1,0 +1,96 @@
+"""Figures a person can look at: heatmaps over images, curves, grids. Each PNG carries its config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from infoflow.utils.checkpoint import atomic_write  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: str | Path, provenance: str = "") -> Path:
+    """Save `fig` as PNG atomically, with `provenance` (e.g. the resolved config) in its metadata."""
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                                                      metadata={"Description": provenance}))
+    plt.close(fig)
+    return path
+
+
+def _rgb(image: torch.Tensor) -> np.ndarray:
+    return image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def plot_heatmap(
+    image: torch.Tensor,
+    heatmap: torch.Tensor,
+    title: str,
+    unit: str,
+    path: str | Path,
+    provenance: str = "",
+) -> Path:
+    """Image (3, H, W) in [0, 1] beside the heatmap (H, W) over it, with a colour bar in `unit`."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4))
+    axes[0].imshow(_rgb(image))
+    axes[0].set_title("input")
+    axes[1].imshow(_rgb(image))
+    im = axes[1].imshow(heatmap.detach().float().cpu().numpy(), cmap="jet", alpha=0.55)
+    axes[1].set_title(f"heatmap [{unit}]")
+    for ax in axes:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04, label=unit)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, provenance)
+
+
+def plot_grid(
+    images: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    path: str | Path,
+    provenance: str = "",
+    row_titles: Sequence[str] | None = None,
+) -> Path:
+    """Grid: one row per image (N, 3, H, W), the image then one column per method's maps (N, H, W)."""
+    n, cols = images.shape[0], 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(_rgb(images[i]))
+        if row_titles:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=6)
+        for j, (name, m) in enumerate(maps.items(), start=1):
+            axes[i, j].imshow(m[i].detach().float().cpu().numpy(), cmap="jet")
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=7, rotation=30)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return save_figure(fig, path, provenance)
+
+
+def plot_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    provenance: str = "",
+    logx: bool = False,
+) -> Path:
+    """Line plot of named (x, y) curves."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, label=name, marker="." if len(x) < 30 else None)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path, provenance)
