@@ -1,0 +1,38 @@
+# Two commands for a new user: `make demo` (the main job end to end) and `make test` (the test suite).
+# Each creates and fills the local virtual environment .venv when it is missing or out of date.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Per-Sample IBA heatmaps of the built-in default model on the built-in shapes data.
+demo: $(STAMP)
+	$(PY) evaluate.py
+
+## The default test suite (slow tests excluded); `make test-all` runs everything.
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow" --durations=15
+
+test-all: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_per_sample.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
