@@ -1,0 +1,164 @@
+"""Throughput of the batched Degradation and Sensitivity-n metrics against a straightforward loop.
+
+The reference loops below run one forward pass per image and perturbation step; the tests use them too.
+Both run in the same process on the same inputs (a random-weight ShapesNet on 64x64 images), and the
+results are compared. Usage: ``python benchmarks/bench_metrics.py [--threads 1]``. Last line: ``speedup: X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from infoflow.metrics import Degradation, SensitivityN
+from infoflow.models import get_model
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _corners(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    return [(r, c) for r in range(0, height, tile) for c in range(0, width, tile)]
+
+
+@torch.no_grad()
+def degradation_loop(
+    model: Forward,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    attributions: torch.Tensor,
+    tile_size: int,
+    steps: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference degradation: MoRF (N, P) and LeRF (N, P) target probabilities after `steps` replaced tiles,
+    and the top-1 probability (N,) on the original images; one forward pass per image and step."""
+    corners = _corners(images.shape[2], images.shape[3], tile_size)
+    morf, lerf, top1 = [], [], []
+    for x, t, a in zip(images, target.tolist(), attributions, strict=True):
+        sums = [a[r : r + tile_size, c : c + tile_size].double().sum().item() for r, c in corners]
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        for out, sign in ((morf, -1.0), (lerf, 1.0)):
+            order = sorted(range(len(corners)), key=lambda k: sign * sums[k])  # stable: ties by tile index
+            image, removed, curve = x.clone(), 0, []
+            for step in steps:
+                for k in order[removed:step]:
+                    r, c = corners[k]
+                    image[:, r : r + tile_size, c : c + tile_size] = mean
+                removed = step
+                probs = torch.softmax(model(image[None]).double(), dim=1)[0]
+                curve.append(probs[t].item())
+                if step == 0 and sign < 0:
+                    top1.append(probs.max().item())
+            out.append(curve)
+    return (
+        torch.tensor(morf, dtype=torch.float64),
+        torch.tensor(lerf, dtype=torch.float64),
+        torch.tensor(top1, dtype=torch.float64),
+    )
+
+
+@torch.no_grad()
+def sensitivity_loop(
+    model: Forward,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    attributions: torch.Tensor,
+    tile_size: int,
+    subsets: torch.Tensor,
+) -> torch.Tensor:
+    """Reference Sensitivity-n: per-image correlations (N, K) for tile sets `subsets` (K, S, num_tiles) bool;
+    one forward pass per image and tile set; a constant series (relative range <= 1e-9) counts as 0."""
+    corners = _corners(images.shape[2], images.shape[3], tile_size)
+    result = []
+    for x, t, a in zip(images, target.tolist(), attributions, strict=True):
+        base = model(x[None]).double()[0, t].item()
+        row = []
+        for sets in subsets:
+            masses, drops = [], []
+            for tiles in sets:
+                mask = torch.zeros(x.shape[1:], dtype=torch.bool)
+                for k in tiles.nonzero().flatten().tolist():
+                    r, c = corners[k]
+                    mask[r : r + tile_size, c : c + tile_size] = True
+                masses.append(a[mask].double().sum().item())
+                drops.append(base - model(x.masked_fill(mask, 0)[None]).double()[0, t].item())
+            constant = any(np.ptp(v) <= 1e-9 * np.abs(v).max() for v in (masses, drops))
+            row.append(0.0 if constant else float(np.corrcoef(masses, drops)[0, 1]))
+        result.append(row)
+    return torch.tensor(result, dtype=torch.float64)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--degradation-images", type=int, default=12)
+    parser.add_argument("--sensitivity-images", type=int, default=2)
+    parser.add_argument("--tile-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = get_model("shapesnet").module.eval()
+    n = max(args.degradation_images, args.sensitivity_images)
+    images = torch.randn(n, 3, 64, 64)
+    attributions = torch.randn(n, 64, 64)
+    with torch.no_grad():
+        target = model(images).argmax(1)
+        model(images[:1])  # warm-up
+    print(
+        f"shapesnet (random weights), 64x64 images, {args.tile_size}x{args.tile_size} tiles, "
+        f"{torch.get_num_threads()} threads, batch size {args.batch_size}"
+    )
+
+    ratios = []
+    nd = args.degradation_images
+    deg = Degradation(model, (64, 64), args.tile_size, batch_size=args.batch_size)
+    _, t_batched = _timed(lambda: deg.update(images[:nd], target[:nd], attributions[:nd]))
+    (morf, lerf, top1), t_loop = _timed(
+        lambda: degradation_loop(
+            model, images[:nd], target[:nd], attributions[:nd], args.tile_size, deg.steps.tolist()
+        )
+    )
+    diff = max(
+        (deg.morf_sum - morf.sum(0)).abs().max().item(),
+        (deg.lerf_sum - lerf.sum(0)).abs().max().item(),
+        (deg.top1_sum - top1.sum()).abs().item(),
+    )
+    forwards = nd * 2 * len(deg.steps)
+    print(
+        f"degradation: {nd} images, {forwards} perturbations: batched {nd / t_batched:.2f} img/s, "
+        f"loop {nd / t_loop:.2f} img/s, ratio {t_loop / t_batched:.2f}, max abs diff of the sums {diff:.2e}"
+    )
+    ratios.append(t_loop / t_batched)
+
+    ns = args.sensitivity_images
+    sens = SensitivityN(model, (64, 64), args.tile_size, batch_size=args.batch_size)
+    _, t_batched = _timed(lambda: sens.update(images[:ns], target[:ns], attributions[:ns]))
+    corr, t_loop = _timed(
+        lambda: sensitivity_loop(
+            model, images[:ns], target[:ns], attributions[:ns], args.tile_size, sens.subsets
+        )
+    )
+    diff = (sens.corr_sum - corr.sum(0)).abs().max().item()
+    forwards = ns * sens.subsets.shape[0] * sens.subsets.shape[1]
+    print(
+        f"sensitivity-n: {ns} images, {forwards} perturbations: batched {ns / t_batched:.3f} img/s, "
+        f"loop {ns / t_loop:.3f} img/s, ratio {t_loop / t_batched:.2f}, max abs diff of the sums {diff:.2e}"
+    )
+    ratios.append(t_loop / t_batched)
+    print(f"speedup: {min(ratios):.2f}")
+    return min(ratios)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""What the perturbation metrics share: the classifier they run, input checks, and the chunked runner."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from infoflow.models.zoo import ZooModel
+
+#: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
+Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor] | ZooModel
+
+
+def resolve_classifier(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward function of `model` (a zoo model's network; modules must be in eval mode)."""
+    if isinstance(model, ZooModel):
+        model = model.module
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError(
+            "the metric runs the model on perturbed images: put it in eval mode first (model.eval())"
+        )
+    if not callable(model):
+        raise TypeError(f"expected an nn.Module, a callable or a ZooModel, got {type(model).__name__}")
+    return model
+
+
+def classifier_device(model: Callable[[torch.Tensor], torch.Tensor], fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter or buffer, else `fallback`."""
+    if isinstance(model, nn.Module):
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
+        if first is not None:
+            return first.device
+    return fallback
+
+
+def check_batch(
+    images: torch.Tensor, target: torch.Tensor | int, maps: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Validate images (N, C, H, W) and maps (N, H, W) of image size `size`; return target as (N,) int64."""
+    if images.dim() != 4 or tuple(images.shape[2:]) != tuple(size):
+        raise ValueError(f"expected images (N, C, {size[0]}, {size[1]}), got {tuple(images.shape)}")
+    check_maps(maps, (images.shape[0], *size))
+    target = torch.as_tensor(target, dtype=torch.long, device=images.device).reshape(-1)
+    if target.numel() == 1:
+        target = target.expand(images.shape[0])
+    if target.numel() != images.shape[0]:
+        raise ValueError(f"target has {target.numel()} entries for {images.shape[0]} images")
+    return target
+
+
+def check_maps(maps: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Raise unless `maps` has `shape` and only finite values."""
+    if tuple(maps.shape) != tuple(shape):
+        raise ValueError(f"expected attribution maps of shape {tuple(shape)}, got {tuple(maps.shape)}")
+    if maps.is_floating_point() and not torch.isfinite(maps).all():
+        raise ValueError("attribution maps contain NaN or infinite values")
+
+
+@torch.no_grad()
+def run_perturbations(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_images: int,
+    per_image: int,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Evaluate all `num_images * per_image` perturbed images in batches of at most `batch_size`.
+
+    Pairs (image i, perturbation j) are enumerated image-major. `build(i, j)` returns the perturbed images
+    (B, C, H, W) for index tensors i, j (B,); `forward(batch, i)` returns one value row (B, ...) per image.
+    Returns (num_images, per_image, ...).
+    """
+    total = num_images * per_image
+    out = []
+    for start in range(0, total, batch_size):
+        pair = torch.arange(start, min(start + batch_size, total), device=device)
+        image, step = pair // per_image, pair % per_image
+        out.append(forward(build(image, step), image))
+    values = torch.cat(out)
+    return values.view(num_images, per_image, *values.shape[1:])

@@ -1,0 +1,169 @@
+"""Sensitivity-n (Ancona et al. 2018; IBA paper section 4.4) over random sets of tiles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torchmetrics import Metric
+
+from infoflow.metrics.perturb import (
+    Classifier,
+    check_batch,
+    classifier_device,
+    resolve_classifier,
+    run_perturbations,
+)
+from infoflow.metrics.tiles import TileGrid
+
+
+class SensitivityNResult(NamedTuple):
+    """Attributes:
+    n: (K,) int64 number of tiles in each masked set (pixels: n * tile_size**2 when tiles fit the image).
+    correlation: (K,) float64 Pearson correlation for each n, averaged over images.
+    """
+
+    n: torch.Tensor
+    correlation: torch.Tensor
+
+
+class SensitivityN(Metric):
+    """Sensitivity-n exactly as Ancona et al. (2018) define it, over tiles of `tile_size` pixels.
+
+    For each n (`num_n` values log-spaced from 1 to `max_fraction` of the tiles, rounded to distinct
+    integers) `num_subsets` random sets T of n tiles are drawn once from a generator seeded with `seed`
+    (the same sets for every image). For each image and n, the metric takes the Pearson correlation, across
+    the sets, between the attribution mass in T (the sum over its pixels) and the drop of the target logit
+    S_c(x) - S_c(x[T = 0]) when T's pixels are set to 0 in the model's (normalised) input space; it then
+    averages over images. If either series is constant over the sets (e.g. a constant attribution with
+    equal-size tiles) the correlation is undefined and counts as 0; "constant" allows for float64 rounding
+    in the sums (relative range <= 1e-9, see `is_constant`). Statistics are taken in float64.
+
+    States (sum-reduced over processes): the sum of the correlations per n and the image count.
+
+    Args:
+        model: classifier mapping normalised images (N, C, H, W) to logits (N, classes), in eval mode.
+        image_size: (H, W) of the images, in pixels.
+        tile_size: tile side in pixels (paper: 1 and 8).
+        num_n, max_fraction: how many set sizes n, and the largest as a fraction of the tiles.
+        num_subsets: random tile sets per n.
+        seed: seed of the tile sets.
+        batch_size: perturbed images per forward pass; bounds memory.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    corr_sum: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(
+        self,
+        model: Classifier,
+        image_size: tuple[int, int],
+        tile_size: int = 8,
+        num_n: int = 16,
+        max_fraction: float = 0.8,
+        num_subsets: int = 100,
+        seed: int = 0,
+        batch_size: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0 < max_fraction <= 1 or num_n < 1 or num_subsets < 2 or batch_size < 1:
+            raise ValueError("need 0 < max_fraction <= 1, num_n >= 1, num_subsets >= 2 and batch_size >= 1")
+        # kept out of the module tree so that the network's weights are not part of the metric's state_dict
+        self.__dict__["model"] = resolve_classifier(model)
+        self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
+        self.batch_size = int(batch_size)
+        total = self.grid.num_tiles
+        top = math.log10(max(1.0, max_fraction * total))
+        #: (K,) set sizes n, in tiles
+        self.n_values = (
+            torch.logspace(0, top, num_n, dtype=torch.float64).round().long().clamp(1, total).unique()
+        )
+        #: (K, num_subsets, num_tiles) bool: the random tile sets, one row per set
+        self.subsets = random_tile_sets(total, self.n_values, num_subsets, seed)
+        self._device_subsets = self.subsets
+        self.add_state("corr_sum", torch.zeros(len(self.n_values), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, images: torch.Tensor, target: torch.Tensor | int, attributions: torch.Tensor) -> None:
+        """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
+        size = (self.grid.height, self.grid.width)
+        device = classifier_device(self.model, images.device)
+        target = check_batch(images, target, attributions, size).to(device)
+        images, attributions = images.to(device), attributions.to(device)
+        if self._device_subsets.device != device:
+            self._device_subsets = self.subsets.to(device)
+        corr = sensitivity_correlations(
+            self.model, images, target, attributions, self.grid, self._device_subsets, self.batch_size
+        )
+        self.corr_sum += corr.sum(0).to(self.corr_sum.device)
+        self.count += images.shape[0]
+
+    def compute(self) -> SensitivityNResult:
+        return SensitivityNResult(self.n_values.to(self.corr_sum.device), self.corr_sum / self.count)
+
+
+def random_tile_sets(num_tiles: int, n_values: torch.Tensor, num_subsets: int, seed: int) -> torch.Tensor:
+    """(K, num_subsets, num_tiles) bool: for each n, `num_subsets` uniformly random sets of n distinct tiles."""
+    generator = torch.Generator().manual_seed(seed)
+    sets = torch.zeros(len(n_values), num_subsets, num_tiles, dtype=torch.bool)
+    for k, n in enumerate(n_values.tolist()):
+        chosen = torch.rand(num_subsets, num_tiles, generator=generator).argsort(dim=1)[:, :n]
+        sets[k].scatter_(1, chosen, True)
+    return sets
+
+
+def is_constant(x: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
+    """Whether each row (last dimension) is constant up to float64 rounding: max - min <= rtol * max |x|."""
+    return x.amax(-1) - x.amin(-1) <= rtol * x.abs().amax(-1)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last dimension, in float64; 0 where x or y is constant (`is_constant`)."""
+    x, y = x.double(), y.double()
+    constant = is_constant(x) | is_constant(y)
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    corr = (x * y).sum(-1) / ((x * x).sum(-1) * (y * y).sum(-1)).sqrt()
+    return torch.where(constant, torch.zeros_like(corr), corr)
+
+
+@torch.no_grad()
+def sensitivity_correlations(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    target: torch.Tensor,
+    attributions: torch.Tensor,
+    grid: TileGrid,
+    subsets: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    """Per-image Sensitivity-n correlations (N, K), batched.
+
+    Args:
+        images (N, C, H, W), target (N,), attributions (N, H, W) on the model's device;
+        subsets: (K, S, num_tiles) bool tile sets, on the same device.
+    """
+    device, n = images.device, images.shape[0]
+    k, s, total = subsets.shape
+    flat = subsets.view(k * s, total)
+    pixel_tiles = grid.pixel_tiles(device)
+    scores = grid.tile_sums(attributions)
+    masses = torch.stack([scores @ sets.T.double() for sets in subsets], dim=1)  # (N, K, S); one n at a time
+
+    def logit(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return model(batch).double().gather(1, target[i, None]).squeeze(1)
+
+    def build(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        removed = flat[j][:, pixel_tiles].unsqueeze(1)  # (B, 1, H, W)
+        return images[i].masked_fill(removed, 0)
+
+    base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device)  # (N, 1)
+    drops = base - run_perturbations(logit, build, n, k * s, batch_size, device)
+    return pearson(masses, drops.view(n, k, s))
