@@ -1,0 +1,176 @@
+"""delta_f², the normalisation of the SID constraint, per (model, weights, layer).
+
+    delta_f² = lim_{tau -> 0} E_{x, noise} ||h(x + tau * noise) - h(x)||² / tau²,   noise ~ N(0, I)
+
+with x in the [0, 1] pixel space and i.i.d. noise on every input unit (channel and pixel); h is the
+layer's feature (see `features`). Units: squared feature units per squared [0, 1] pixel unit. For a
+differentiable h it is the mean squared Frobenius norm of the Jacobian.
+
+Estimate: for each image, `samples` noise draws; the same draws are used at tau and at tau/2 (common
+random numbers), so the relative difference of the two estimates measures only the distance from the
+limit, not Monte-Carlo noise. `value` is the tau/2 estimate (the closer one to the limit);
+`rel_diff = |v(tau) - v(tau/2)| / v(tau/2)`. All layers come from the same forward passes.
+
+Cache: one file per (model name, weights, layer, input size, normalisation, tau, weight fingerprint);
+the SHA-256 fingerprint of all parameters/buffers makes random initialisations and retrained
+checkpoints at the same path distinct. Files are written atomically and read with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from infoflow.discarding.features import LayerFeatures, model_fingerprint, noise_generator
+from infoflow.utils.checkpoint import atomic_save, load_file
+
+
+@dataclass(frozen=True)
+class DeltaF2:
+    """delta_f² of one layer: `value` (at tau/2), `value_tau` (at tau), their relative difference."""
+
+    value: float
+    value_tau: float
+    rel_diff: float
+    tau: float
+    num_images: int
+    num_samples: int
+
+
+def estimate_delta_f2(
+    features: LayerFeatures,
+    images01: torch.Tensor,
+    tau: float = 1e-3,
+    samples: int = 16,
+    seed: int = 0,
+    batch_size: int = 64,
+    tol: float = 0.05,
+) -> dict[str, DeltaF2]:
+    """delta_f² of every layer of `features`, averaged over `images01` (N, C, H, W) in [0, 1].
+
+    Args:
+        tau: noise scale in [0, 1] pixel units; tau/2 is evaluated with the same noise.
+        samples: noise draws per image.
+        batch_size: rows per forward pass (each image needs 1 + 2 * samples rows).
+        tol: warn when `rel_diff` exceeds it (tau too large for the limit).
+    """
+    if images01.dim() != 4 or images01.shape[0] == 0:
+        raise ValueError(f"images must be (N, C, H, W) with N >= 1, got {tuple(images01.shape)}")
+    rows = 1 + 2 * samples
+    per_batch = max(1, batch_size // rows)
+    sums = {"tau": {}, "half": {}}
+    with torch.no_grad():
+        for start in range(0, images01.shape[0], per_batch):
+            x = images01[start : start + per_batch]
+            n = x.shape[0]
+            gens = [noise_generator(seed, start + i, "delta_f2") for i in range(n)]
+            noise = torch.stack([torch.randn((samples, *x.shape[1:]), generator=g) for g in gens]).to(x)
+            batch = torch.cat(
+                [x[:, None], x[:, None] + tau * noise, x[:, None] + tau / 2 * noise], dim=1
+            ).flatten(0, 1)
+            for name, f in features(batch).items():
+                f = f.view(n, rows, -1)
+                d = (f[:, 1:] - f[:, :1]).pow(2).sum(-1)  # (n, 2 * samples)
+                for key, part, t in (("tau", d[:, :samples], tau), ("half", d[:, samples:], tau / 2)):
+                    sums[key][name] = sums[key].get(name, 0.0) + part.double().sum().item() / t**2
+    count = images01.shape[0] * samples
+    out = {}
+    for name in features.order:
+        v_tau, v_half = sums["tau"][name] / count, sums["half"][name] / count
+        if v_half <= 0:
+            raise ValueError(f"delta_f² of layer {name!r} is 0: its feature does not depend on the input")
+        rel = abs(v_tau - v_half) / v_half
+        if rel > tol:
+            warnings.warn(
+                f"delta_f² of layer {name!r} changes by {rel:.1%} when tau halves ({tau} -> {tau / 2}); "
+                "use a smaller tau",
+                stacklevel=2,
+            )
+        out[name] = DeltaF2(v_half, v_tau, rel, tau, images01.shape[0], samples)
+    return out
+
+
+class DeltaF2Cache:
+    """On-disk cache of `DeltaF2` records under `root`, one ``.pt`` file per key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(
+        model_name: str,
+        weights: str,
+        layer_path: str,
+        input_size: tuple[int, ...],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        tau: float,
+        fingerprint: str,
+    ) -> str:
+        spec = {
+            "model": model_name,
+            "weights": str(weights),
+            "layer": layer_path,
+            "input_size": list(input_size),
+            "mean": list(mean),
+            "std": list(std),
+            "tau": tau,
+            "fingerprint": fingerprint,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+    def path(self, model_name: str, layer_path: str, key: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model_name}-{layer_path}")
+        return self.root / f"{safe}-{key}.pt"
+
+    def get(self, path: Path) -> DeltaF2 | None:
+        if not path.is_file():
+            return None
+        record = load_file(path)
+        return DeltaF2(**record)
+
+    def put(self, path: Path, value: DeltaF2) -> None:
+        atomic_save(asdict(value), path)
+
+
+def delta_f2_for_model(
+    model_name: str,
+    weights: str,
+    features: LayerFeatures,
+    images01: torch.Tensor,
+    cache_dir: str | Path | None = None,
+    tau: float = 1e-3,
+    samples: int = 16,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, DeltaF2]:
+    """delta_f² for every layer of `features`, read from / written to `cache_dir` when given.
+
+    Layers missing from the cache are estimated together on `images01`; the cache key is described in
+    the module docstring (`model_name` and `weights` as in `get_model`).
+    """
+    if cache_dir is None:
+        return estimate_delta_f2(features, images01, tau, samples, seed, batch_size)
+    cache = DeltaF2Cache(cache_dir)
+    fingerprint = model_fingerprint(features.model)
+    mean = tuple(features.mean.flatten().tolist())
+    std = tuple(features.std.flatten().tolist())
+    size = tuple(images01.shape[1:])
+    paths = {
+        name: cache.path(model_name, p, cache.key(model_name, weights, p, size, mean, std, tau, fingerprint))
+        for name, p in features.paths.items()
+    }
+    found = {name: cache.get(path) for name, path in paths.items()}
+    missing = [name for name, v in found.items() if v is None]
+    if missing:
+        sub = LayerFeatures(features.model, {n: features.paths[n] for n in missing}, mean, std)
+        for name, value in estimate_delta_f2(sub, images01, tau, samples, seed, batch_size).items():
+            cache.put(paths[name], value)
+            found[name] = value
+    return {name: found[name] for name in features.paths}  # type: ignore[misc]
