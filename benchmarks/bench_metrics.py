@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--degradation-images", type=int, default=12)
     parser.add_argument("--sensitivity-images", type=int, default=2)
     parser.add_argument("--tile-size", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -62,24 +62,24 @@ class LinearModel(nn.Module):
 
 
 class RegionModel(nn.Module):
-    """Two classes; logit_0 = 4 * mean of channel 0 over the top-left 16x16 region, logit_1 = 0."""
+    """Two classes; logit_0 = 4 * mean of channel 0 over the top-left 8x8 region, logit_1 = 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = 4 * x[:, 0, :16, :16].mean(dim=(1, 2))
+        s = 4 * x[:, 0, :8, :8].mean(dim=(1, 2))
         return torch.stack([s, torch.zeros_like(s)], dim=1)
 
 
 def region_images(n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 1, 64, 64) noise with a bright top-left 16x16 region."""
+    """(n, 1, 32, 32) noise with a bright top-left 8x8 region."""
     g = torch.Generator().manual_seed(seed)
-    x = 0.5 * torch.randn(n, 1, 64, 64, generator=g)
-    x[:, 0, :16, :16] += 1.5
+    x = 0.5 * torch.randn(n, 1, 32, 32, generator=g)
+    x[:, 0, :8, :8] += 1.5
     return x
 
 
 def region_mask(n: int) -> torch.Tensor:
-    mask = torch.zeros(n, 64, 64)
-    mask[:, :16, :16] = 1
+    mask = torch.zeros(n, 32, 32)
+    mask[:, :8, :8] = 1
     return mask
 
 
@@ -203,10 +203,10 @@ def test_degradation_relevant_region_beats_random() -> None:
     images, target = region_images(n), torch.zeros(n, dtype=torch.long)
     scores = {}
     for name, attr in {
-        "region": region_mask(n) + 0.01 * torch.rand(n, 64, 64),
-        "random": torch.rand(n, 64, 64, generator=torch.Generator().manual_seed(1)),
+        "region": region_mask(n) + 0.01 * torch.rand(n, 32, 32),
+        "random": torch.rand(n, 32, 32, generator=torch.Generator().manual_seed(1)),
     }.items():
-        metric = Degradation(RegionModel().eval(), (64, 64), tile_size=8)
+        metric = Degradation(RegionModel().eval(), (32, 32), tile_size=4)
         metric.update(images, target, attr)
         scores[name] = metric.compute()
     region, random = scores["region"], scores["random"]
@@ -226,14 +226,14 @@ class EnergyModel(nn.Module):
 
 def test_degradation_random_attribution_curves_coincide() -> None:
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(48, 1, 64, 64, generator=g)
-    metric = Degradation(EnergyModel().eval(), (64, 64), tile_size=8)
-    metric.update(images, 0, torch.rand(48, 64, 64, generator=g))
+    images = torch.randn(48, 1, 32, 32, generator=g)
+    metric = Degradation(EnergyModel().eval(), (32, 32), tile_size=4)
+    metric.update(images, 0, torch.rand(48, 32, 32, generator=g))
     random = metric.compute()
     assert abs(random.score.item()) < 0.01
     assert (random.morf - random.lerf).abs().max() < 0.02
     # attributing the energy itself is clearly better than random
-    metric = Degradation(EnergyModel().eval(), (64, 64), tile_size=8)
+    metric = Degradation(EnergyModel().eval(), (32, 32), tile_size=4)
     metric.update(images, 0, images[:, 0] ** 2)
     assert metric.compute().score > 0.1
 
@@ -426,6 +426,13 @@ def test_cascading_sanity_check() -> None:
 # --- reduction --------------------------------------------------------------------------------------------
 
 
+def _assert_results_close(actual: object, expected: object) -> None:
+    """compute() results (a tensor or a NamedTuple of tensors) agree to 1e-12."""
+    pairs = zip(actual, expected, strict=True) if isinstance(expected, tuple) else [(actual, expected)]
+    for a, e in pairs:
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
 def _assert_same_states(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for name in a._defaults:
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12)
@@ -460,13 +467,7 @@ def test_metrics_merge_like_one_pass_over_all_data() -> None:
         update(second, slice(4, None))
         first.merge_state(second)
         _assert_same_states(whole, first)
-        expected, merged = whole.compute(), first.compute()
-        for e, m in zip(
-            expected if isinstance(expected, tuple) else [expected],
-            merged if isinstance(merged, tuple) else [merged],
-            strict=True,
-        ):
-            torch.testing.assert_close(e, m, rtol=0, atol=1e-12)
+        _assert_results_close(first.compute(), whole.compute())
 
 
 def test_input_checks() -> None:
@@ -480,3 +481,48 @@ def test_input_checks() -> None:
         metric.update(torch.randn(2, 3, 16, 16), 0, torch.randn(2, 16, 15))
     with pytest.raises(ValueError, match="NaN"):
         metric.update(torch.randn(1, 3, 16, 16), 0, torch.full((1, 16, 16), float("nan")))
+
+
+def _shard_metrics(shard: slice) -> dict[str, object]:
+    """All four metrics updated on `shard` of a fixed data set."""
+    model = small_cnn().double()
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(5, 3, 16, 16, generator=g, dtype=torch.float64)
+    attr = torch.randn(5, 16, 16, generator=g, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    box = torch.zeros(5, 16, 16, dtype=torch.bool)
+    box[:, 2:8, 3:9] = True
+    metrics = {
+        "degradation": Degradation(model, (16, 16), tile_size=4),
+        "sensitivity": SensitivityN(model, (16, 16), tile_size=4, num_subsets=10),
+        "bbox": BoundingBoxRatio(),
+        "sanity": SanitySSIM(["b", "a"]),
+    }
+    metrics["degradation"].update(images[shard], target[shard], attr[shard])
+    metrics["sensitivity"].update(images[shard], target[shard], attr[shard])
+    metrics["bbox"].update(attr[shard], box[shard])
+    for k in (0, 1):
+        metrics["sanity"].update(attr[shard], attr[shard].flip(k + 1), k)
+    return {name: m.compute() for name, m in metrics.items()}
+
+
+def _ddp_worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results = _shard_metrics(slice(0, 2) if rank == 0 else slice(2, None))  # uneven shards
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_reduction_equals_one_process(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    ddp, single = torch.load(out, weights_only=False), _shard_metrics(slice(None))
+    for name, expected in single.items():
+        _assert_results_close(ddp[name], expected)

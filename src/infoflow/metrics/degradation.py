@@ -73,7 +73,7 @@ class Degradation(Metric):
         image_size: tuple[int, int],
         tile_size: int = 8,
         num_points: int = 101,
-        batch_size: int = 256,
+        batch_size: int = 128,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

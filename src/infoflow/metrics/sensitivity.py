@@ -69,7 +69,7 @@ class SensitivityN(Metric):
         max_fraction: float = 0.8,
         num_subsets: int = 100,
         seed: int = 0,
-        batch_size: int = 256,
+        batch_size: int = 128,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
