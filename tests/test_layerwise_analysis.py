@@ -1,0 +1,140 @@
+"""task=decoder, analysis=layerwise and analysis=coherency: end to end on tiny data, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, run_script
+from fake_layouts import make_cifar10, make_cub
+from hydra import compose, initialize_config_dir
+
+from infoflow.analyses import run_analysis
+from infoflow.analyses.layerwise import layer_rows
+from infoflow.data.shapes import ShapesDataModule
+from infoflow.discarding import (
+    MissingDecoderError,
+    SIDConfig,
+    SIDResult,
+    concentration,
+    layerwise_ru,
+    layerwise_sid,
+)
+from infoflow.models.shapesnet import ShapesNet
+from infoflow.models.zoo import get_model
+
+TINY_SHAPES = ["data.num_train=64", "data.num_val=32", "data.num_test=16", "data.image_size=32",
+               "data.batch_size=32"]
+QUICK = ["analysis.num_images=2", "analysis.num_maps=2", "analysis.delta_f2.images=2",
+         "analysis.delta_f2.samples=4", "analysis.sid.steps=8", "analysis.sid.eval_samples=8",
+         "analysis.sid.tol=0.5"]
+
+
+def _fake_sid(layers: list[str], size: int) -> SIDResult:
+    n, layer_count = 1, len(layers)
+    log_sigma = torch.zeros(n, layer_count, size, size)
+    ones = torch.ones(n, layer_count)
+    return SIDResult(layers, log_sigma, ones, ones, ones * 0, ones[0], 3, 0.05)
+
+
+def _evaluate(tmp_path: Path, *overrides: str) -> dict:
+    """Run an analysis in-process with the composed evaluate config, output under `tmp_path`."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", [f"paths.output_dir={tmp_path}", "logger=csv", *overrides])
+    return run_analysis(cfg)
+
+
+@pytest.fixture(scope="module")
+def random_shapesnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 4-class ShapesNet checkpoint (fixed weights, so decoders and delta_f² caches match)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
+    torch.save(ShapesNet(4).state_dict(), path)
+    return path
+
+
+def test_decoder_task_then_layerwise_analysis_with_ru(tmp_path, random_shapesnet, _isolated_cache):
+    common = [f"weights={random_shapesnet}", *TINY_SHAPES]
+    out = run_script("train.py", "-m", "task=decoder", "layer=conv1,conv2", "trainer.max_epochs=1",
+                     "callbacks=none", "logger=csv", f"hydra.sweep.dir={tmp_path / 'multi'}", *common)
+    assert out.count("decoder of shapesnet/") == 2
+    decoders = sorted(p.name for p in (_isolated_cache / "decoders").glob("*.pt"))
+    assert [n.split("-")[1] for n in decoders] == ["conv1", "conv2"]
+
+    run_dir = tmp_path / "run"
+    out = run_script("evaluate.py", "analysis=layerwise", "analysis.layers=[conv1,conv2]", "analysis.ru=true",
+                     "analysis.ru_samples=4", f"hydra.run.dir={run_dir}", *common, *QUICK)
+    assert "| shapesnet | 2 | conv2 |" in out and out.strip().endswith(str(run_dir))
+    rows = pd.read_csv(run_dir / "layerwise.csv")
+    assert len(rows) == 2 * 2 and rows["ru_per_pixel"].notna().all() and rows["concentration"].notna().all()
+    summary = pd.read_csv(run_dir / "layerwise_summary.csv")
+    assert list(summary["layer"]) == ["conv1", "conv2"]
+    for name in ("sid_curves", "ru_curves", "concentration_curves", "sid_maps_shapesnet", "ru_maps_shapesnet"):
+        assert (run_dir / "layerwise" / f"{name}.png").stat().st_size > 0
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_missing_decoder_is_an_error_naming_the_command(tmp_path, random_shapesnet):
+    import infoflow.tasks.decoder  # noqa: F401  (sets MissingDecoderError.hint)
+
+    model = get_model("shapesnet", str(random_shapesnet), num_classes=4, input_size=(3, 32, 32))
+    images = torch.rand(1, 3, 32, 32)
+    with pytest.raises(MissingDecoderError, match="python train.py task=decoder model=shapesnet layer=conv3"):
+        layerwise_ru(model, images, _fake_sid(["conv3"], 32), (0.5,) * 3, (0.25,) * 3, str(tmp_path))
+    with pytest.raises(ValueError, match="unknown layer 'conv9'"):
+        layerwise_ru(model, images, _fake_sid(["conv9"], 32), (0.5,) * 3, (0.25,) * 3, str(tmp_path))
+
+
+def test_masks_not_matching_the_image_size_are_an_error():
+    sid = _fake_sid(["conv1"], 8)
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 4, 4\) does not match"):
+        layer_rows("m", sid, None, torch.ones(1, 4, 4, dtype=torch.bool), torch.zeros(1))
+
+
+def test_layerwise_on_cub_and_cifar(tmp_path, capsys):
+    cub = make_cub(tmp_path / "cub")
+    summary = _evaluate(tmp_path / "cub_run", "analysis=layerwise", "data=cub", f"data.root={cub}",
+                        "data.image_size=32", "weights=none", "analysis.layers=[conv2,conv4]", *QUICK)
+    assert {"shapesnet/conv4/sid_per_pixel", "shapesnet/conv4/concentration"} <= summary.keys()
+    cifar = make_cifar10(tmp_path / "cifar")
+    summary = _evaluate(tmp_path / "cifar_run", "analysis=layerwise", "data=cifar10", f"data.root={cifar}",
+                        "weights=none", "analysis.layers=[conv4]", *QUICK)
+    assert "concentration: not available" in capsys.readouterr().out
+    assert "shapesnet/conv4/sid_per_pixel" in summary and "shapesnet/conv4/concentration" not in summary
+    assert pd.read_csv(tmp_path / "cifar_run" / "layerwise.csv")["concentration"].isna().all()
+
+
+def test_coherency_analysis_prints_sid_unchanged_and_gradients_changed(tmp_path, capsys):
+    summary = _evaluate(tmp_path, "analysis=coherency", "weights=none", *TINY_SHAPES, "analysis.num_images=1",
+                        "analysis.delta_f2_samples=8", "analysis.sid.steps=40")
+    out = capsys.readouterr().out
+    assert "SID changes by at most" in out and (tmp_path / "coherency.csv").is_file()
+    assert summary["logit_change"] < 1e-4
+    assert summary["max_abs_sid_change"] < 0.05
+    assert summary["max_abs_grad_change"] == pytest.approx(0.75, abs=0.01)  # the 1/4 layer's gradients
+
+
+@pytest.mark.slow
+def test_trained_shapes_default_concentrates_discarding_on_the_background():
+    """On a trained shapesnet the last conv layer discards the background more: concentration > 0."""
+    torch.manual_seed(0)
+    dm = ShapesDataModule(num_classes=4, num_train=1500, batch_size=64, seed=0)
+    dm.setup("fit")
+    net = ShapesNet(4)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(3):
+        for batch in dm.train_dataloader():
+            opt.zero_grad()
+            F.cross_entropy(net(batch["image"]), batch["label"]).backward()
+            opt.step()
+    model = get_model("shapesnet", "none", num_classes=4, input_size=dm.input_size)
+    model.module.load_state_dict(net.state_dict())
+    model.module.eval()
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    images01 = dm.denormalize(batch["image"][:4])
+    sid = layerwise_sid(model, images01, dm.mean, dm.std, ["conv4"], SIDConfig(steps=100, eval_samples=32))
+    assert concentration(sid.maps, batch["mask"][:4]).mean() > 0
