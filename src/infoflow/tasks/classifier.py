@@ -27,7 +27,7 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self.acc = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")})
+        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -35,9 +35,9 @@ class ClassifierModule(pl.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
-        self.acc[stage](logits, batch["label"])
+        self.acc[f"{stage}_acc"](logits, batch["label"])
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=stage != "train")
-        self.log(f"{stage}/acc", self.acc[stage], prog_bar=True, on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], _idx: int) -> torch.Tensor:
