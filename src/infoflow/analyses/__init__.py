@@ -13,7 +13,8 @@ from infoflow.registry import Registry
 ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis")
 
 #: modules whose import registers the analyses
-_ANALYSIS_MODULES = ("infoflow.analyses.heatmaps", "infoflow.analyses.layerwise", "infoflow.analyses.coherency")
+_ANALYSIS_MODULES = ("infoflow.analyses.heatmaps", "infoflow.analyses.layerwise", "infoflow.analyses.coherency",
+                     "infoflow.analyses.table1")
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+"""``python evaluate.py experiment=table1``: every attribution method x the paper's metrics (its Table 1).
+
+Rows come from ``analysis.rows``: a table label -> a method config of ``conf/method`` (``method``) plus
+overrides of its factory kwargs (e.g. IBA at beta 1, 10, 100). The methods x metrics run as a Lightning
+test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes into the run directory
+(each figure carries the resolved config; ``config.yaml`` sits next to the tables) and to W&B:
+- ``table1.csv`` / ``table1.md``: a row per method; degradation score (area between LeRF and MoRF) at each
+  tile size and the bounding-box ratio (when the data has ``box_mask``), per model; plus t1, b, the mean
+  Sensitivity-n correlation and the mean sanity SSIM in the CSV;
+- ``curves.csv`` and ``degradation_<tile>.png`` (mean MoRF/LeRF per method, figs. 7, 11, 12),
+  ``sensitivity_<tile>.png`` (fig. 6), ``sanity_ssim.png`` (SSIM per randomised layer);
+- ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from infoflow.analyses import ANALYSES
+from infoflow.analyses.common import evaluation_batches, log_results, output_dir, provenance
+from infoflow.analyses.evaluation import (
+    AttributionEvaluation,
+    MetricSettings,
+    evaluation_loader,
+)
+from infoflow.attribution.base import Attribution
+from infoflow.builders import build_datamodule, build_method, build_model
+from infoflow.data.base import ImageDataModule
+from infoflow.models.zoo import ZooModel
+from infoflow.utils.tables import to_markdown_table, write_markdown
+from infoflow.viz import plot_curves, plot_grid
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+def method_config(name: str) -> DictConfig:
+    """The unresolved config ``conf/method/<name>.yaml`` (interpolations resolve against the run's config)."""
+    if GlobalHydra.instance().is_initialized():
+        composed = compose(config_name="evaluate", overrides=[f"method={name}"])
+    else:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name="evaluate", overrides=[f"method={name}"])
+    return composed.method
+
+
+def row_configs(cfg: DictConfig, dm: ImageDataModule) -> dict[str, DictConfig]:
+    """Run configs (``cfg`` with its ``method`` replaced) for each row of ``analysis.rows`` that applies:
+    ``analysis.only`` (if set) selects rows; a row with ``requires: KEY`` runs only when ``cfg.KEY`` is set;
+    the ground-truth oracle only when the data has its mask."""
+    out = {}
+    for label, row in cfg.analysis.rows.items():
+        if cfg.analysis.only is not None and label not in cfg.analysis.only:
+            continue
+        row = OmegaConf.to_container(row)
+        assert isinstance(row, dict)
+        required = row.pop("requires", None)
+        if required is not None and cfg.get(required) is None:
+            continue
+        method = OmegaConf.merge(method_config(row.pop("method")), row)
+        key = method.get("key")
+        if method.name == "ground-truth" and not (dm.has_masks if key == "mask" else dm.has_boxes):
+            continue
+        run = cfg.copy()
+        OmegaConf.set_struct(run, False)
+        run.method = method
+        out[str(label)] = run
+    return out
+
+
+def _method_factory(rows: dict[str, DictConfig], dm: ImageDataModule, sanity_overrides: DictConfig):
+    """``make(label, model, for_sanity)``: the row's method for `model`, fitted on the training split; for a
+    randomised model (sanity check) with `sanity_overrides` applied to the kwargs the method has."""
+
+    def make(label: str, model: ZooModel, for_sanity: bool) -> Attribution:
+        run = rows[label]
+        if for_sanity:
+            run = run.copy()
+            for key, value in sanity_overrides.items():
+                if key in run.method:
+                    run.method[key] = value
+        return build_method(run, model, dm)
+
+    return make
+
+
+def _settings(cfg: DictConfig, model: ZooModel) -> MetricSettings:
+    a = cfg.analysis
+
+    def kwargs(group: DictConfig, drop: str) -> dict[str, Any]:
+        return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != drop}
+
+    return MetricSettings(
+        degradation_tiles=list(a.degradation.tile_sizes), degradation=kwargs(a.degradation, "tile_sizes"),
+        sensitivity_tiles=list(a.sensitivity.tile_sizes), sensitivity=kwargs(a.sensitivity, "tile_sizes"),
+        bbox=dict(a.bbox), sanity_images=int(a.sanity.num_images),
+        sanity_layers=list(a.sanity.layers or model.layers), signed=list(a.sanity.signed),
+        win_size=int(a.sanity.win_size),
+    )
+
+
+@ANALYSES.register("table1")
+def run(cfg: DictConfig) -> dict[str, Any]:
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    rows = row_configs(cfg, dm)
+    settings = _settings(cfg, model)
+    module = AttributionEvaluation(
+        model, list(rows), _method_factory(rows, dm, cfg.analysis.sanity.method_overrides), settings,
+        boxes=dm.has_boxes, target=cfg.analysis.target, seed=cfg.seed,
+        grid_batch=next(evaluation_batches(dm, cfg.analysis.grid_images)),
+    )
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
+                                      enable_model_summary=False, inference_mode=False)
+    trainer.test(module, dataloaders=evaluation_loader(dm, cfg.analysis.num_images), verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+    return write_results(cfg, dm, module)
+
+
+def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvaluation) -> dict[str, Any]:
+    """Tables, curves and the heatmap grid from `module.results` (rank 0)."""
+    out, prov, res = output_dir(cfg), provenance(cfg), module.results
+    tag = cfg.model.name
+    table, full, curves = [], [], []
+    for label, r in res.items():
+        row: dict[str, Any] = {"method": label}
+        extra: dict[str, Any] = {"method": label, "model": cfg.model.name, "weights": str(cfg.weights),
+                                 "images": cfg.analysis.num_images}
+        for tile, d in r["degradation"].items():
+            row[f"{tag} degradation {tile}x{tile}"] = float(d.score)
+            extra |= {f"degradation_{tile}": float(d.score), f"t1_{tile}": float(d.t1), f"b_{tile}": float(d.b)}
+            for kind in ("morf", "lerf"):
+                curves += [{"method": label, "curve": f"{kind}_{tile}", "x": float(x), "y": float(y)}
+                           for x, y in zip(d.fractions, getattr(d, kind), strict=True)]
+        if "bbox" in r:
+            row[f"{tag} bbox ratio"] = extra["bbox_ratio"] = float(r["bbox"])
+        for tile, s in r["sensitivity"].items():
+            extra[f"sensitivity_{tile}_mean"] = float(s.correlation.mean())
+            curves += [{"method": label, "curve": f"sensitivity_{tile}", "x": float(n), "y": float(c)}
+                       for n, c in zip(s.n, s.correlation, strict=True)]
+        if "sanity" in r:
+            layers, ssim = r["sanity"]
+            extra["sanity_ssim_mean"] = float(ssim.nanmean())
+            curves += [{"method": label, "curve": "sanity_ssim", "x": float(i), "y": float(v), "layer": layer}
+                       for i, (layer, v) in enumerate(zip(layers, ssim, strict=True))]
+        table.append(row)
+        full.append(extra)
+    table_df, full_df = pd.DataFrame(table), pd.DataFrame(full)
+    curves_df = pd.DataFrame(curves).reindex(columns=["method", "curve", "x", "y", "layer"]).fillna({"layer": ""})
+    note = (f"Degradation: area between the LeRF and MoRF curves (higher is better), {cfg.analysis.num_images} "
+            f"test images of `{cfg.data._target_.rsplit('.', 1)[-1]}`, model `{cfg.model.name}` "
+            f"(weights `{cfg.weights}`). Config: `config.yaml`.")
+    write_markdown(table_df, out / "table1.md", "Table 1", note)
+    print(to_markdown_table(table_df))
+    figures = plot_all(cfg, curves_df, out, prov) + [heatmap_grid(dm, module, out, prov)]
+    summary = {f"{r['method']}/{k}": v for r in full for k, v in r.items() if isinstance(v, float)}
+    log_results(cfg, {"table1": full_df, "curves": curves_df}, {"table1_figures": figures}, summary)
+    return summary
+
+
+def plot_all(cfg: DictConfig, curves: pd.DataFrame, out: Path, prov: str) -> list[Path]:
+    """MoRF/LeRF per degradation tile size, Sensitivity-n per tile size, SSIM per randomised layer."""
+    paths = []
+
+    def series(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        sel = curves[curves.curve == name]
+        return {m: (g.x.to_numpy(), g.y.to_numpy().astype(float)) for m, g in sel.groupby("method", sort=False)}
+
+    for tile in cfg.analysis.degradation.tile_sizes:
+        both = {f"{m} {kind.upper()}": xy for kind in ("morf", "lerf") for m, xy in series(f"{kind}_{tile}").items()}
+        paths.append(plot_curves(both, out / f"degradation_{tile}.png", "fraction of tiles replaced",
+                                 "normalised target probability", f"Degradation, {tile}x{tile} tiles", prov))
+    for tile in cfg.analysis.sensitivity.tile_sizes:
+        paths.append(plot_curves(series(f"sensitivity_{tile}"), out / f"sensitivity_{tile}.png",
+                                 f"n (tiles of {tile}x{tile} pixels)", "Pearson correlation",
+                                 f"Sensitivity-n, {tile}x{tile} tiles", prov, logx=True))
+    sanity = series("sanity_ssim")
+    if sanity:
+        layers = curves[curves.curve == "sanity_ssim"].drop_duplicates("x").layer
+        paths.append(plot_curves(sanity, out / "sanity_ssim.png",
+                                 "randomised from the last layer down to step: " + ", ".join(layers),
+                                 "SSIM to the original heatmap", "Cascading randomisation", prov))
+    return paths
+
+
+def heatmap_grid(dm: ImageDataModule, module: AttributionEvaluation, out: Path, prov: str) -> Path:
+    """Every method's maps (one column each) on the grid images, one row per image titled by its target."""
+    assert module.grid_batch is not None and module.grid_target is not None
+    names = [dm.class_names[int(t)] for t in module.grid_target]
+    images = dm.denormalize(module.grid_batch["image"]).cpu()
+    return plot_grid(images, module.grid_maps, out / "heatmaps_grid.png", prov, names)

@@ -1,0 +1,113 @@
+"""`evaluate.py experiment=table1`: method configs, the Lightning evaluation loop, outputs, 1 vs 2 processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import run_script
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from infoflow.analyses.evaluation import AttributionEvaluation, MetricSettings, evaluation_loader
+from infoflow.analyses.table1 import CONF_DIR, _method_factory, method_config, row_configs
+from infoflow.builders import build_datamodule, build_method, build_model
+from infoflow.data.shapes import ShapesDataModule
+from infoflow.models.pretrained import train_shapesnet
+
+#: tiny sizes shared by the end-to-end runs
+TINY = [
+    "experiment=table1", "analysis.num_images=8", "analysis.grid_images=2", "data.num_train=64",
+    "data.num_test=16", "data.batch_size=4", "analysis.sensitivity.num_subsets=8", "analysis.sensitivity.num_n=4",
+    "analysis.sanity.num_images=2", "analysis.sanity.method_overrides.estimator_samples=32",
+    "+analysis.rows.iba-beta10.estimator_samples=32", "+analysis.rows.iba-beta10.steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ShapesNet trained for one epoch on the default shapes data (4 classes)."""
+    path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
+    torch.save(train_shapesnet(4, epochs=1), path)
+    return path
+
+
+def _cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["experiment=table1", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = "/tmp/unused"
+    return cfg
+
+
+def test_every_method_config_composes_and_builds() -> None:
+    cfg = _cfg("weights=none", "data.num_train=16", "data.num_test=8", "data.batch_size=8",
+               "+analysis.rows.iba-beta1.estimator_samples=16", "+analysis.rows.iba-beta10.estimator_samples=16",
+               "+analysis.rows.iba-beta100.estimator_samples=16")
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    rows = row_configs(cfg, dm)
+    assert "readout" not in rows  # needs readout_ckpt
+    assert {"random", "occlusion-8x8", "lrp-eps5", "pattern-attribution", "iba-beta100", "ground-truth"} <= set(rows)
+    assert rows["iba-beta1"].method.beta == 1 and rows["iba-beta100"].method.beta == 100
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    for label, run in rows.items():
+        method = build_method(run, model, dm)
+        if label == "ground-truth":
+            continue
+        maps = method.attribute(batch["image"][:2], batch["label"][:2])
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all(), label
+    for name in (p.stem for p in (CONF_DIR / "method").glob("*.yaml")):
+        assert method_config(name).name  # every file of the group composes
+
+
+def test_ground_truth_beats_random_degradation(trained_weights: Path) -> None:
+    """In-process Lightning loop on the shapes default: the object mask degrades the model faster (MoRF)
+    and slower (LeRF) than Random, so its area is clearly larger; its bbox ratio is high."""
+    cfg = _cfg(f"weights={trained_weights}", "analysis.only=[random,ground-truth]")
+    dm = ShapesDataModule(num_classes=4, batch_size=16)
+    model = build_model(cfg, dm)
+    rows = row_configs(cfg, dm)
+    module = AttributionEvaluation(model, list(rows), _method_factory(rows, dm, cfg.analysis.sanity.method_overrides),
+                                   MetricSettings(degradation={"num_points": 21}, sensitivity_tiles=()), boxes=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, inference_mode=False)
+    trainer.test(module, dataloaders=evaluation_loader(dm, 48), verbose=False)
+    gt, rnd = module.results["ground-truth"], module.results["random"]
+    for tile in (8, 14):
+        assert gt["degradation"][tile].score > rnd["degradation"][tile].score + 0.1, tile
+        assert abs(float(rnd["degradation"][tile].score)) < 0.1
+    assert float(gt["bbox"]) > 0.5 > float(rnd["bbox"])
+
+
+def _run_tiny(tmp_path: Path, name: str, *overrides: str) -> Path:
+    out = tmp_path / name
+    run_script("evaluate.py", *TINY, f"hydra.run.dir={out}", *overrides)
+    return out
+
+
+def test_table1_end_to_end_writes_table_curves_grid_and_wandb(tmp_path: Path) -> None:
+    out = _run_tiny(tmp_path, "run", "weights=none", "analysis.only=[random,gradient,iba-beta10,ground-truth]")
+    df = pd.read_csv(out / "table1.csv")
+    assert list(df.method) == ["random", "gradient", "iba-beta10", "ground-truth"]
+    assert {"degradation_8", "degradation_14", "bbox_ratio", "sensitivity_1_mean", "sanity_ssim_mean"} <= set(df)
+    md = (out / "table1.md").read_text()
+    assert "shapesnet degradation 8x8" in md and "shapesnet bbox ratio" in md and "| iba-beta10 |" in md
+    curves = pd.read_csv(out / "curves.csv")
+    assert {"morf_8", "lerf_14", "sensitivity_1", "sensitivity_8", "sanity_ssim"} <= set(curves.curve)
+    for png in ("degradation_8", "degradation_14", "sensitivity_1", "sensitivity_8", "sanity_ssim", "heatmaps_grid"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+    assert (out / "config.yaml").is_file() and any((out / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
+    """trainer=ddp_cpu (2 gloo processes, disjoint unpadded shares of the images) == trainer=cpu."""
+    rows = "analysis.only=[random,gradient,ground-truth]"
+    one = pd.read_csv(_run_tiny(tmp_path, "one", "weights=none", rows, "trainer=cpu") / "table1.csv")
+    two = pd.read_csv(_run_tiny(tmp_path, "two", "weights=none", rows, "trainer=ddp_cpu") / "table1.csv")
+    pd.testing.assert_frame_equal(one, two, check_exact=False, rtol=1e-9, atol=1e-12)
