@@ -5,3 +5,4 @@ import infoflow.attribution.baselines  # noqa: F401
 import infoflow.attribution.lrp  # noqa: F401
 import infoflow.attribution.pattern  # noqa: F401
 import infoflow.iba.per_sample  # noqa: F401
+import infoflow.iba.readout  # noqa: F401

@@ -1,0 +1,130 @@
+"""Readout Bottleneck speed: training throughput, and heatmaps per second against the Per-Sample Bottleneck.
+
+Both heatmap methods run on the same model, layer, statistics and images (the built-in shapes data by
+default; random weights: speed does not depend on them). Training is timed inside Lightning's loop (the
+real `ReadoutModule`, full batches after a warm-up batch). The readout needs one forward pass per heatmap,
+the Per-Sample Bottleneck 10 steps of 10 noisy forward and backward passes through the tail.
+
+    python benchmarks/bench_readout.py [--model shapesnet --layer conv3 --image-size 64] [--device cuda]
+    python benchmarks/bench_readout.py --model vgg16 --layer conv4_1 --image-size 224 --device cuda
+
+Prints the rates and, last, ``speedup: X.XX`` (Per-Sample seconds per heatmap / readout seconds per heatmap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from infoflow.data.shapes import render_split
+from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
+from infoflow.models.zoo import get_model
+from infoflow.tasks.readout import ReadoutModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class _Timer(pl.Callback):
+    """Wall time and images of the training batches after the first (warm-up) one."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.images = 0
+        self.seconds = 0.0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, idx: int) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self.start is not None:
+            self.images += batch["image"].shape[0]
+            self.seconds = now - self.start
+        else:
+            self.start = now
+
+
+def dict_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size,
+                      collate_fn=lambda items: {"image": torch.stack([i for i, _ in items]),
+                                                "label": torch.stack([t for _, t in items])})
+
+
+def timed(fn, device: torch.device, min_seconds: float = 0.0) -> tuple[float, int]:
+    """(seconds per call, calls): `fn` repeated until `min_seconds` have passed (at least once)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapesnet")
+    parser.add_argument("--layer", default="conv3")
+    parser.add_argument("--readout-layers", default=None, help="comma-separated; default: the model config's")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--num-classes", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-batches", type=int, default=11, help="timed training batches + 1 warm-up")
+    parser.add_argument("--images", type=int, default=16, help="images for the heatmap comparison")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    readout_layers = (args.readout_layers.split(",") if args.readout_layers else
+                      list(OmegaConf.load(CONF / "model" / f"{args.model}.yaml").readout_layers))
+    torch.manual_seed(0)
+    model = get_model(args.model, "none", args.num_classes, (3, args.image_size, args.image_size))
+    model.module.to(device)
+    n = max(args.images, args.batch_size * args.train_batches)
+    data = render_split("train", n, args.image_size, min(args.num_classes, 6), seed=0)
+    images = ((data["image"].float() / 255 - 0.5) / 0.25)
+    labels = data["label"] % args.num_classes
+    readout = ReadoutBottleneck(model, args.layer, readout_layers)
+    stats = fit_statistics(readout, dict_loader(images, labels, args.batch_size), max_samples=n)
+    readout.set_statistics(stats)
+    print(f"torch {torch.__version__}, device {device} ({torch.get_num_threads()} CPU threads); {args.model} @ "
+          f"{args.layer} (feature map {tuple(readout.feature_shape)}), readouts {readout_layers}, "
+          f"{args.image_size}x{args.image_size} images")
+
+    timer = _Timer()
+    module = ReadoutModule(readout, beta=10.0, lr=1e-3, meta=readout.meta(), num_heatmaps=0)
+    trainer = pl.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, inference_mode=False, callbacks=[timer])
+    loader = dict_loader(images[: args.batch_size * args.train_batches], labels[: args.batch_size * args.train_batches],
+                         args.batch_size)
+    trainer.fit(module, train_dataloaders=loader)
+    train_rate = timer.images / timer.seconds
+    print(f"readout training: {train_rate:.1f} img/s (batch {args.batch_size}, {timer.images} images timed)")
+
+    x = images[: args.images].to(device)
+    target = labels[: args.images].to(device)
+    fast = ReadoutIBA(readout.to(device), batch_size=args.batch_size)
+    fast.attribute(x, target)  # warm-up
+    readout_s, calls = timed(lambda: fast.attribute(x, target), device, min_seconds=2.0)
+    readout_per = readout_s / args.images
+    print(f"readout heatmaps: {1 / readout_per:.1f} heatmaps/s ({1e3 * readout_per:.3f} ms each, {calls} repeats)")
+
+    slow = PerSampleIBA(model, args.layer, batch_size=args.batch_size, seed=0,
+                        estimator=stats[readout.bottleneck_stat_name])
+    per_sample_s, _ = timed(lambda: slow.attribute(x, target), device)
+    per_sample_per = per_sample_s / args.images
+    print(f"per-sample heatmaps: {1 / per_sample_per:.2f} heatmaps/s ({1e3 * per_sample_per:.1f} ms each)")
+    print(f"readout training / per-sample heatmaps: {train_rate * per_sample_per:.1f}x images per second")
+    print(f"speedup: {per_sample_per / readout_per:.2f}")
+
+
+if __name__ == "__main__":
+    main()

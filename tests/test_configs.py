@@ -1,0 +1,127 @@
+"""Every option of every Hydra config group composes and resolves, and names things that exist."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+import infoflow.attribution.registered  # noqa: F401  (registers every method)
+from infoflow.analyses import _ANALYSIS_MODULES, ANALYSES
+from infoflow.attribution.base import METHODS
+from infoflow.data.base import ImageDataModule
+from infoflow.models.zoo import MODELS
+from infoflow.tasks import _TASK_MODULES, TASKS
+
+for _module in (*_TASK_MODULES, *_ANALYSIS_MODULES):  # what train.py / evaluate.py import to register them
+    importlib.import_module(_module)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+#: config groups selected by each primary config (hydra/launcher is a Hydra group, composed from train);
+#: an experiment belongs to one of them and is tested in `test_experiment_composes`
+GROUPS = {
+    "train": ["model", "data", "trainer", "logger", "callbacks", "paths", "task", "hparams_search", "hydra/launcher"],
+    "evaluate": ["model", "data", "method", "analysis", "logger", "paths"],
+}
+CASES = [(primary, group, option.stem) for primary, groups in GROUPS.items() for group in groups
+         for option in sorted((CONF / group).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose_resolved(primary: str, overrides: list[str], tmp_path: Path) -> DictConfig:
+    """The composed config with every interpolation of the job config (and the hydra launcher/sweeper) resolved."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(primary, overrides=[*overrides, f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.to_container(job, resolve=True, throw_on_missing=False)
+    for node in ("launcher", "sweeper"):
+        OmegaConf.to_container(cfg.hydra[node], resolve=True, throw_on_missing=False)
+    return cfg
+
+
+def zoo_layers(name: str) -> dict[str, str]:
+    """Paper layer names of zoo model `name`, from its architecture built without allocating weights."""
+    entry = MODELS.get(name)
+    with torch.device("meta"):
+        return entry.layers(entry.build(entry.num_classes))
+
+
+def test_every_group_and_option_is_covered() -> None:
+    on_disk = {p.parent.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml")} - {"."}
+    assert {group for _, group, _ in CASES} | {"experiment"} == on_disk - {"hydra"}
+
+
+@pytest.mark.parametrize(("primary", "group", "option"), CASES, ids=[f"{p}:{g}={o}" for p, g, o in CASES])
+def test_option_composes(primary: str, group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "hydra/launcher":
+        overrides += ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = compose_resolved(primary, overrides, tmp_path)
+    if group == "model":
+        assert cfg.model.name == option and option in MODELS
+        layers = zoo_layers(option)
+        for layer in [cfg.model.default_layer, *cfg.model.readout_layers]:
+            assert layer in layers, f"{option}: layer {layer} not in {list(layers)}"
+    elif group == "data":
+        assert issubclass(get_class(cfg.data._target_), ImageDataModule)
+    elif group == "trainer":
+        assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+        assert cfg.trainer.default_root_dir == str(tmp_path)
+    elif group in ("logger", "callbacks"):
+        base = "pytorch_lightning.loggers.Logger" if group == "logger" else "pytorch_lightning.Callback"
+        for node in cfg[group].values():
+            assert issubclass(get_class(node._target_), get_class(base))
+    elif group == "task":
+        assert cfg.task.name == option and option in TASKS
+    elif group == "method":
+        assert cfg.method.name in METHODS
+    elif group == "analysis":
+        assert cfg.analysis.name in ANALYSES
+    elif group == "hparams_search":
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        assert {"beta", "task.lr"} <= set(cfg.hydra.sweeper.params)
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+        assert all(o.is_sweep_override() for o in parsed)
+        assert cfg.optimized_metric == "val/objective"
+    elif group == "hydra/launcher":
+        assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)
+
+
+@pytest.mark.parametrize("option", EXPERIMENTS)
+def test_experiment_composes(option: str, tmp_path: Path) -> None:
+    """An experiment is for train.py or for evaluate.py: it composes and resolves with one of them."""
+    errors = []
+    for primary in GROUPS:
+        try:
+            cfg = compose_resolved(primary, [f"experiment={option}"], tmp_path)
+        except ConfigCompositionException as err:
+            errors.append(f"{primary}: {err}")
+            continue
+        if primary == "train" and cfg.task.name == "readout":
+            layers = zoo_layers(cfg.model.name)
+            assert cfg.layer in layers and all(layer in layers for layer in cfg.task.readout_layers)
+        return
+    pytest.fail(f"experiment={option} composes with neither train nor evaluate: {errors}")
+
+
+def test_defaults_train_a_readout_and_evaluate_takes_a_readout_checkpoint(tmp_path: Path) -> None:
+    train = compose_resolved("train", [], tmp_path)
+    assert (train.task.name, train.model.name, train.data._target_.rsplit(".", 1)[-1]) == (
+        "readout", "shapesnet", "ShapesDataModule")
+    assert list(train.task.readout_layers) == list(train.model.readout_layers)
+    vgg = compose_resolved("train", ["model=vgg16", "beta=10"], tmp_path)
+    assert (vgg.layer, list(vgg.task.readout_layers)) == ("conv4_1", ["conv3_1", "conv4_1", "conv5_1", "conv5_3", "fc8"])
+    ev = compose_resolved("evaluate", ["method=readout", "readout_ckpt=/x/readout.pt"], tmp_path)
+    assert ev.method.readout_ckpt == "/x/readout.pt" and ev.method.layer == ev.layer
+    assert ev.method.data == ev.data
