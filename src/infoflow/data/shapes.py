@@ -291,6 +291,8 @@ class ShapesDataModule(ImageDataModule):
         num_train, num_val, num_test: images per split.
         seed: data seed; image i of a split is a function of (seed, split, i) only.
         batch_size, num_workers: dataloader settings; the training loader shuffles.
+        augment: during Lightning training, give each training image a random one of the 8 rotations by
+            multiples of 90 degrees and reflections (the classes are invariant to them), with its mask and box.
     """
 
     mean = (0.5, 0.5, 0.5)
@@ -308,6 +310,7 @@ class ShapesDataModule(ImageDataModule):
         seed: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
+        augment: bool = True,
     ) -> None:
         super().__init__()
         _check_int("image_size", image_size, MIN_IMAGE_SIZE)
@@ -328,7 +331,7 @@ class ShapesDataModule(ImageDataModule):
         self.save_hyperparameters()
         self.image_size, self.num_classes, self.seed = image_size, num_classes, seed
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.input_size = (3, image_size, image_size)
         self.class_names = list(SHAPE_NAMES[:num_classes])
         self.datasets: dict[str, ShapesDataset] = {}
@@ -356,6 +359,11 @@ class ShapesDataModule(ImageDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if self.augment and self.trainer is not None and self.trainer.training:
+            batch = dihedral_augment(batch, torch.randint(0, 8, (batch["label"].shape[0],), device=batch["label"].device))
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
@@ -367,3 +375,28 @@ class ShapesDataModule(ImageDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def dihedral_augment(batch: dict[str, torch.Tensor], element: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Apply dihedral group element `element[i]` in 0..7 (rot90 k = e % 4, then a flip if e >= 4) to image i,
+    its ``mask`` and ``box_mask`` (N, [C,] H, W); ``box`` is recomputed from the transformed box mask."""
+    out = dict(batch)
+    for key in ("image", "mask", "box_mask"):
+        if key not in batch:
+            continue
+        x = batch[key].clone()
+        for e in range(8):
+            sel = element == e
+            if sel.any():
+                y = torch.rot90(batch[key][sel], e % 4, dims=(-2, -1))
+                x[sel] = y.flip(-1) if e >= 4 else y
+        out[key] = x
+    if "box" in batch and "box_mask" in out:
+        rows, cols = out["box_mask"].any(-1), out["box_mask"].any(-2)
+        idx = torch.arange(rows.shape[-1], device=rows.device, dtype=batch["box"].dtype)
+        big = torch.tensor(float(rows.shape[-1]), device=rows.device)
+        out["box"] = torch.stack([
+            torch.where(cols, idx, big).amin(-1), torch.where(rows, idx, big).amin(-1),
+            torch.where(cols, idx, -1).amax(-1) + 1, torch.where(rows, idx, -1).amax(-1) + 1,
+        ], -1)
+    return out
