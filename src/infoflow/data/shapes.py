@@ -1,14 +1,14 @@
 """The built-in offline dataset `shapes`: one class-defining shape per image on a cluttered background.
 
 Every image holds exactly one filled object whose SHAPE is its class (``SHAPE_NAMES``); its colour,
-position, size and rotation are random and independent of the class. It is drawn last, on top of a
-smooth random colour field and of distractors from a separate vocabulary (thin line segments, small
-dots, thin ring outlines) whose number, colours and positions are also independent of the class, so
-only the object's shape tells the class. Each image comes with the object's pixel mask and tight box.
+position, size and rotation are random and independent of the class, and all classes have the same
+area at a given size. It is drawn last, on top of a smooth random colour field and of distractors from
+a separate vocabulary (thin line segments and small dots) whose number, colours and positions are
+independent of the class too, so only the object's shape tells the class. Each image comes with the
+object's pixel mask and its tight bounding box.
 
 Image ``i`` of a split is rendered from ``np.random.default_rng([seed, split_id, i])`` alone, so the
-data do not depend on the order or batch in which they are generated. Objects have equal area for
-every class at a given scale, so size carries no class information either.
+data do not depend on the order or batch in which they are generated.
 """
 
 from __future__ import annotations
@@ -109,9 +109,8 @@ def _signed_distance(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.sqrt(u * u + v * v) - _CIRCLE_RADIUS
     poly = _POLYGONS[name]
     # inside iff on the inner side of the edge that the ray from the centre through the point crosses
-    k = (np.searchsorted(poly.angles, np.mod(np.arctan2(v, u), 2 * np.pi), side="right") - 1) % len(
-        poly.angles
-    )
+    theta = np.mod(np.arctan2(v, u), 2 * np.pi)
+    k = (np.searchsorted(poly.angles, theta, side="right") - 1) % len(poly.angles)
     outside = u * poly.normals[k, 0] + v * poly.normals[k, 1] > poly.offsets[k]
     # distance: to the nearest edge segment
     du, dv = u[..., None] - poly.vertices[:, 0], v[..., None] - poly.vertices[:, 1]
@@ -140,28 +139,25 @@ def _pixel_centres(size: int) -> np.ndarray:
 def _render_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(3, size, size) float32 in [0, 1]: a smooth random colour field under class-free distractors.
 
-    The distractors are anti-aliased thin line segments, small dots and thin ring outlines with random
-    colours, positions and sizes (defined for 64x64 and scaled with the image side).
+    The distractors are anti-aliased thin line segments and small dots with random colours, positions
+    and sizes (defined for 64x64 and scaled with the image side).
     """
     unit, lo, hi = size / 64, *NUM_DISTRACTORS
     up = _upsample_matrix(4, size)
     image = (up @ rng.uniform(*BACKGROUND_RANGE, (3, 4, 4)) @ up.T).astype(np.float32)
     n = rng.integers(round(lo * unit**2), round(hi * unit**2) + 1)
-    kind = rng.integers(3, size=n)[:, None, None]  # 0: line, 1: dot, 2: ring
+    is_line = rng.integers(2, size=n)[:, None, None].astype(bool)  # else a dot
     colours = rng.uniform(0, 1, (n, 3, 1, 1)).astype(np.float32)
     cx, cy, extent, angle = rng.uniform(0, 1, (4, n, 1, 1)).astype(np.float32)
-    # every distractor is the set of points within `half_width` of the circle of radius `ring` about a
-    # point of a segment (dots and rings: of length 0)
-    length = np.where(kind == 0, (0.15 + 0.35 * extent) * size, 0)
-    ring = np.where(kind == 2, (3 + 5 * extent) * unit, 0)
-    half_width = np.where(kind == 1, (1 + extent) * unit, 0.5 * unit)
+    # each distractor is the set of points within `half_width` px of a segment (a dot's has length 0)
+    length = np.where(is_line, (0.15 + 0.35 * extent) * size, 0)
+    half_width = np.where(is_line, 0.5, 1 + extent) * unit
     dx, dy = length * np.cos(2 * np.pi * angle), length * np.sin(2 * np.pi * angle)
     x = _pixel_centres(size)[None, None, :] - cx * size + dx / 2  # (n, 1, W), from the segment start
     y = _pixel_centres(size)[None, :, None] - cy * size + dy / 2  # (n, H, 1)
     t = np.clip((x * dx + y * dy) / np.maximum(length**2, 1e-6), 0, 1)
     x, y = x - t * dx, y - t * dy
-    alphas = np.clip(half_width + 0.5 - np.abs(np.sqrt(x * x + y * y) - ring), 0, 1)
-    for alpha, colour in zip(alphas, colours, strict=True):
+    for alpha, colour in zip(np.clip(half_width + 0.5 - np.sqrt(x * x + y * y), 0, 1), colours, strict=True):
         image += alpha * (colour - image)
     return image
 
@@ -359,9 +355,13 @@ class ShapesDataModule(ImageDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
         if self.augment and self.trainer is not None and self.trainer.training:
-            batch = dihedral_augment(batch, torch.randint(0, 8, (batch["label"].shape[0],), device=batch["label"].device))
+            batch = dihedral_augment(
+                batch, torch.randint(0, 8, (batch["label"].shape[0],), device=batch["label"].device)
+            )
         return batch
 
     def train_dataloader(self) -> DataLoader:
@@ -395,8 +395,13 @@ def dihedral_augment(batch: dict[str, torch.Tensor], element: torch.Tensor) -> d
         rows, cols = out["box_mask"].any(-1), out["box_mask"].any(-2)
         idx = torch.arange(rows.shape[-1], device=rows.device, dtype=batch["box"].dtype)
         big = torch.tensor(float(rows.shape[-1]), device=rows.device)
-        out["box"] = torch.stack([
-            torch.where(cols, idx, big).amin(-1), torch.where(rows, idx, big).amin(-1),
-            torch.where(cols, idx, -1).amax(-1) + 1, torch.where(rows, idx, -1).amax(-1) + 1,
-        ], -1)
+        out["box"] = torch.stack(
+            [
+                torch.where(cols, idx, big).amin(-1),
+                torch.where(rows, idx, big).amin(-1),
+                torch.where(cols, idx, -1).amax(-1) + 1,
+                torch.where(rows, idx, -1).amax(-1) + 1,
+            ],
+            -1,
+        )
     return out
