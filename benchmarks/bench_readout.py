@@ -1,12 +1,15 @@
 """Readout Bottleneck speed: training throughput, and heatmaps per second against the Per-Sample Bottleneck.
 
-Both heatmap methods run on the same model, layer, statistics and images (the built-in shapes data by
-default; random weights: speed does not depend on them). Training is timed inside Lightning's loop (the
-real `ReadoutModule`, full batches after a warm-up batch). The readout needs one forward pass per heatmap,
-the Per-Sample Bottleneck 10 steps of 10 noisy forward and backward passes through the tail.
+Both heatmap methods run on the same model, layer, feature statistics and images (shapes images; random
+weights: speed does not depend on them). Default: the paper's ResNet-50 at conv3_4, 224x224, with the
+paper's readout layers. Training is timed inside Lightning's loop (the real `ReadoutModule`, full batches
+after a warm-up batch). The readout needs one forward pass per heatmap (plus its small 1x1-conv network),
+the Per-Sample Bottleneck 10 steps of 10 noisy forward and backward passes through the part after the layer.
+On CPU, times are the process's CPU time (robust to other processes sharing the cores); on GPU, wall time.
 
-    python benchmarks/bench_readout.py [--model shapesnet --layer conv3 --image-size 64] [--device cuda]
-    python benchmarks/bench_readout.py --model vgg16 --layer conv4_1 --image-size 224 --device cuda
+    python benchmarks/bench_readout.py [--model resnet50 --layer conv3_4 --image-size 224] [--device cuda]
+    python benchmarks/bench_readout.py --model vgg16 --layer conv4_1
+    python benchmarks/bench_readout.py --model shapesnet --layer conv3 --image-size 64 --num-classes 4
 
 Prints the rates and, last, ``speedup: X.XX`` (Per-Sample seconds per heatmap / readout seconds per heatmap).
 """
@@ -31,23 +34,30 @@ from infoflow.tasks.readout import ReadoutModule
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-class _Timer(pl.Callback):
-    """Wall time and images of the training batches after the first (warm-up) one."""
+def now(device: torch.device) -> float:
+    """CPU time of this process on CPU; wall time (after synchronising) on GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
-    def __init__(self) -> None:
+
+class _Timer(pl.Callback):
+    """Time and images of the training batches after the first (warm-up) one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.start: float | None = None
         self.images = 0
         self.seconds = 0.0
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, idx: int) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
+        now_ = now(self.device)
         if self.start is not None:
             self.images += batch["image"].shape[0]
-            self.seconds = now - self.start
+            self.seconds = now_ - self.start
         else:
-            self.start = now
+            self.start = now_
 
 
 def dict_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> DataLoader:
@@ -58,27 +68,25 @@ def dict_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> 
 
 def timed(fn, device: torch.device, min_seconds: float = 0.0) -> tuple[float, int]:
     """(seconds per call, calls): `fn` repeated until `min_seconds` have passed (at least once)."""
-    calls, start = 0, time.perf_counter()
+    calls, start = 0, now(device)
     while True:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         calls += 1
-        elapsed = time.perf_counter() - start
+        elapsed = now(device) - start
         if elapsed >= min_seconds:
             return elapsed / calls, calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="shapesnet")
-    parser.add_argument("--layer", default="conv3")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--layer", default="conv3_4")
     parser.add_argument("--readout-layers", default=None, help="comma-separated; default: the model config's")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--num-classes", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--train-batches", type=int, default=11, help="timed training batches + 1 warm-up")
-    parser.add_argument("--images", type=int, default=16, help="images for the heatmap comparison")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-batches", type=int, default=5, help="timed training batches + 1 warm-up")
+    parser.add_argument("--images", type=int, default=4, help="images for the heatmap comparison")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -98,7 +106,7 @@ def main() -> None:
           f"{args.layer} (feature map {tuple(readout.feature_shape)}), readouts {readout_layers}, "
           f"{args.image_size}x{args.image_size} images")
 
-    timer = _Timer()
+    timer = _Timer(device)
     module = ReadoutModule(readout, beta=10.0, lr=1e-3, meta=readout.meta(), num_heatmaps=0)
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -59,7 +59,7 @@ def test_ddp_statistics_equal_the_single_process_ones(ddp_run: tuple[Path, Path,
             assert torch.allclose(getattr(ddp, key), getattr(single[name], key), rtol=1e-10, atol=1e-10)
     # the statistics in the trained readout (identical on every rank) are those of one process
     assert torch.allclose(readout.bottleneck.std, single["conv3"].std, rtol=1e-6)
-    assert torch.allclose(readout.readout_std(0), single["conv2"].std, rtol=1e-6)
+    assert torch.allclose(readout.readout_norm(0)[0], 1 / single["conv2"].std, rtol=1e-6)
 
 
 def test_ddp_validation_metrics_are_reduced_over_ranks(ddp_run: tuple[Path, Path, Path]) -> None:

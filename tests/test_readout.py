@@ -88,13 +88,13 @@ def test_shapes_and_initialisation_leave_the_logits_almost_unchanged(readout: Re
     change = (out.noisy_logits - out.logits).abs().max()
     assert change < 0.01 * out.logits.abs().max()
     assert (F.softmax(out.noisy_logits, 1) - F.softmax(out.logits, 1)).abs().max() < 1e-3
-    # the readout network: 1x1 convs 164 -> 82 -> 41 -> 64 channels (conv2 32 + conv3 64 + conv4 64 + fc 4 in)
+    # the readout network: 1x1 convs 164 -> 64 -> 64 -> 64 channels (conv2 32 + conv3 64 + conv4 64 + fc 4 in)
     convs = [m for m in readout.net if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-        (164, 82, (1, 1)), (82, 41, (1, 1)), (41, 64, (1, 1))]
+        (164, 64, (1, 1)), (64, 64, (1, 1)), (64, 64, (1, 1))]
     # only the readout is state; the classifier is neither a parameter nor in the state dict
     assert {n for n, _ in readout.named_parameters()} == {n for n, _ in readout.net.named_parameters(prefix="net")}
-    assert all(k.split(".")[0] in {"net", "bottleneck", "fitted"} or k.startswith("readout_std_")
+    assert all(k.split(".")[0] in {"net", "bottleneck", "fitted"} or k.startswith("readout_s")
                for k in readout.state_dict())
 
 
@@ -111,20 +111,28 @@ def test_alpha_is_clamped(readout: ReadoutBottleneck, images: torch.Tensor) -> N
             last.bias.copy_(saved)
 
 
-def test_readouts_are_normalised_resized_and_broadcast(readout: ReadoutBottleneck, images: torch.Tensor) -> None:
-    seen: list[torch.Tensor] = []
-    handle = readout.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-    try:
-        readout(images, noisy=False)
-    finally:
-        handle.remove()
+def test_lam_is_the_network_on_the_standardised_resized_readouts(zoo: ZooModel, images: torch.Tensor,
+                                                                 dm: ShapesDataModule) -> None:
+    """The definition (section 3.3): standardise each readout, resize it bilinearly to the bottleneck's 8x8
+    (broadcast the logits), concatenate, three 1x1 convs, clamp, then blur(sigmoid)."""
+    readout = make_readout(zoo, dm)
+    torch.manual_seed(1)
+    for conv in readout.net:  # a random network, so that every readout matters and alpha varies
+        if isinstance(conv, torch.nn.Conv2d):
+            torch.nn.init.normal_(conv.weight, std=0.3)
+            torch.nn.init.zeros_(conv.bias)
     features, logits = readout.features(images)
-    conv2, conv3, conv4, fc = seen[0].split([32, 64, 64, 4], dim=1)
-    # 16x16 -> 8x8 bilinear (align_corners=False) is 2x2 average pooling; conv3 is already 8x8
-    assert torch.allclose(conv2, F.avg_pool2d(features["conv2"] / readout.readout_std(0), 2), atol=1e-5)
-    assert torch.allclose(conv3, features["conv3"] / readout.readout_std(1), atol=1e-6)
-    assert conv4.shape == (16, 64, 8, 8)
-    assert torch.allclose(fc, (logits / readout.readout_std(3))[:, :, None, None].expand_as(fc), atol=1e-6)
+    stats = fit_statistics(readout, dm.train_dataloader(), 32)
+    maps = []
+    for name in READOUTS:
+        f = (features[name] - stats[name].mean) / stats[name].std
+        maps.append(f[:, :, None, None].expand(-1, -1, 8, 8) if f.dim() == 2
+                    else F.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False))
+    alpha = readout.net(torch.cat(maps, 1)).clamp(-5, 5)
+    lam = readout.lam(features)
+    assert torch.allclose(lam, readout.bottleneck.lam(alpha), atol=1e-5)
+    assert lam.std() > 0.05, "the test network should give a varied lam"
+    assert torch.allclose(features["fc"], logits)
 
 
 def test_training_moves_only_the_readout_and_keeps_the_classifier_frozen(

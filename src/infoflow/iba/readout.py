@@ -1,9 +1,9 @@
 """The Readout Bottleneck (Schulz et al. 2020, section 3.3): a network that predicts the mask from readouts.
 
 A first pass without noise collects *readouts*, the feature maps of several layers and the logits. Each is
-divided by its estimated per-element std, resized bilinearly to the bottleneck's spatial size (2-D
-outputs such as logits are broadcast over space) and concatenated. Three 1x1 convolutions with ReLU
-between them predict alpha (clamped to [-max_alpha, max_alpha]); the smoothing, noise and capacity are
+standardised with its estimated per-element mean and std, resized bilinearly to the bottleneck's spatial
+size (2-D outputs such as logits are broadcast over space) and concatenated. Three 1x1 convolutions with
+ReLU between them predict alpha (clamped to [-max_alpha, max_alpha]); the smoothing, noise and capacity are
 those of the Per-Sample Bottleneck (`Bottleneck`). A second pass runs only the part of the network after
 the bottleneck, on the noisy features. The readout sees no target: its heatmap is class-agnostic.
 
@@ -72,7 +72,8 @@ class ReadoutBottleneck(nn.Module):
         layer: bottleneck layer (paper name or module path).
         readout_layers: layers read out in the first pass (e.g. ``[conv3_1, conv4_1, conv5_1, conv5_3, fc8]``).
         sigma: Gaussian smoothing of lam in feature pixels.
-        hidden: channels of the two hidden 1x1 convolutions (default: in/2 and in/4 of the readout channels).
+        hidden: channels of the two hidden 1x1 convolutions (default: both the bottleneck layer's channels C,
+            so the readout network costs (readout channels + 2C) * C multiply-adds per feature pixel).
         init_bias: bias of the last convolution at the start; alpha = 5 gives lam ~ 0.993.
         init_std: std of the last convolution's initial weights (small, so lam starts near 1 everywhere).
         max_alpha: alpha is clamped to [-max_alpha, max_alpha].
@@ -119,12 +120,14 @@ class ReadoutBottleneck(nn.Module):
         self.feature_shape: tuple[int, int, int] = self.shapes[self.layer_path]  # type: ignore[assignment]
         shape = self.feature_shape
         self.bottleneck = Bottleneck(torch.zeros(shape), torch.ones(shape), torch.ones(shape, dtype=torch.bool), sigma)
-        for i, path in enumerate(self.readout_paths):
-            self.register_buffer(f"readout_std_{i}", torch.ones(self.shapes[path]))
+        for i, path in enumerate(self.readout_paths):  # standardisation as f * scale + shift
+            self.register_buffer(f"readout_scale_{i}", torch.ones(self.shapes[path]))
+            self.register_buffer(f"readout_shift_{i}", torch.zeros(self.shapes[path]))
         self.register_buffer("fitted", torch.tensor(False))
 
-        channels = sum(self.shapes[p][0] for p in self.readout_paths)
-        hidden = list(hidden) if hidden else [max(channels // 2, 1), max(channels // 4, 1)]
+        self.readout_channels = [self.shapes[p][0] for p in self.readout_paths]
+        channels = sum(self.readout_channels)
+        hidden = list(hidden) if hidden else [shape[0], shape[0]]
         if len(hidden) != 2:
             raise ValueError(f"hidden must give the channels of the 2 hidden 1x1 convolutions, got {hidden}")
         self.hidden = hidden
@@ -146,8 +149,9 @@ class ReadoutBottleneck(nn.Module):
         self.split._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    def readout_std(self, i: int) -> torch.Tensor:
-        return getattr(self, f"readout_std_{i}")
+    def readout_norm(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of readout i: its standardised value is ``f * scale + shift`` = (f - mean) / std."""
+        return getattr(self, f"readout_scale_{i}"), getattr(self, f"readout_shift_{i}")
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -176,7 +180,9 @@ class ReadoutBottleneck(nn.Module):
             raise ValueError(f"no statistics for layers {missing}")
         with torch.no_grad():
             for i, name in enumerate(self.readout_names):
-                self.readout_std(i).copy_(estimators[name].std)
+                scale, shift = self.readout_norm(i)
+                scale.copy_(1 / estimators[name].std)
+                shift.copy_(-estimators[name].mean * scale)
             estimator = estimators[self.bottleneck_stat_name]
             self.bottleneck.mean.copy_(estimator.mean)
             self.bottleneck.std.copy_(estimator.std)
@@ -189,17 +195,27 @@ class ReadoutBottleneck(nn.Module):
         return next(name for name, path in self.stat_layers.items() if path == self.layer_path)
 
     def lam(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(N, C, h, w) lam predicted from the readouts in `features` (as returned by `features`)."""
-        h, w = self.feature_shape[1:]
-        maps = []
-        for i, path in enumerate(self.readout_paths):
-            f = features[path] / self.readout_std(i)
+        """(N, C, h, w) lam predicted from the readouts in `features` (as returned by `features`).
+
+        Equal to the network on the concatenation of the standardised readouts resized to (h, w), computed
+        faster: resizing and a 1x1 convolution are both linear, so they commute, and the first convolution
+        runs on each readout's slice of its weights at the smaller of the readout's and the bottleneck's
+        resolution (on vectors such as logits it is a matrix product, broadcast over space).
+        """
+        size = self.feature_shape[1:]
+        first = self.net[0]
+        hidden = first.bias[None, :, None, None]
+        for i, (weight, path) in enumerate(zip(first.weight.split(self.readout_channels, 1), self.readout_paths,
+                                               strict=True)):
+            scale, shift = self.readout_norm(i)
+            f = torch.addcmul(shift, features[path], scale)
             if f.dim() == 2:
-                f = f[:, :, None, None].expand(-1, -1, h, w)
-            elif f.shape[-2:] != (h, w):
-                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-            maps.append(f)
-        alpha = self.net(torch.cat(maps, 1)).clamp(-self.max_alpha, self.max_alpha)
+                hidden = hidden + (f @ weight[:, :, 0, 0].T)[:, :, None, None]
+            elif f.shape[-2] * f.shape[-1] > size[0] * size[1]:
+                hidden = hidden + F.conv2d(_resize(f, size), weight)
+            else:
+                hidden = hidden + _resize(F.conv2d(f, weight), size)
+        alpha = self.net[1:](hidden).clamp(-self.max_alpha, self.max_alpha)
         return self.bottleneck.lam(alpha)
 
     def forward(self, x: torch.Tensor, noisy: bool = True, noise: torch.Tensor | None = None) -> ReadoutOutput:
@@ -244,6 +260,11 @@ def setup_meta(model: ZooModel, layer: str | None = None, data: Mapping[str, Any
     if layer is not None:
         meta["layer"], meta["layer_path"] = layer, model.layer_path(layer)
     return meta
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resizing of (N, C, H, W) maps to `size` (a no-op at that size already)."""
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def weights_fingerprint(module: nn.Module) -> list[float]:
