@@ -24,11 +24,22 @@ def cache_dir() -> Path:
 
 def shapesnet_default_state_dict(num_classes: int = 4) -> dict[str, torch.Tensor]:
     """The default ShapesNet weights for `num_classes` shapes data, trained and cached on first use."""
-    path = cache_dir() / f"shapesnet-c{num_classes}-v{SHAPESNET_RECIPE['version']}.pt"
+    path = cache_dir() / f"shapesnet-c{num_classes}-v{SHAPESNET_RECIPE['version']}-{_data_fingerprint()}.pt"
     if not path.is_file():
         print(f"[infoflow] training the default shapesnet on the built-in shapes data (first use; cached at {path})")
         atomic_save(train_shapesnet(num_classes), path)
     return load_state_dict_file(path)
+
+
+def _data_fingerprint() -> str:
+    """Hash of the shapes generator's settings, so that cached weights never outlive a change of the data."""
+    import hashlib
+
+    from infoflow.data import shapes
+
+    settings = [shapes.SHAPE_NAMES, shapes.OBJECT_SCALE, shapes.NUM_DISTRACTORS, shapes.MIN_CONTRAST,
+                shapes.NOISE_STD, shapes.BACKGROUND_RANGE, SHAPESNET_RECIPE]
+    return hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
 
 
 def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
