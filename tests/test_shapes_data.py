@@ -13,6 +13,7 @@ from infoflow.data.shapes import (
     SPLITS,
     ShapesDataModule,
     box_to_mask,
+    dihedral_augment,
     mask_to_box,
     render_image,
     render_split,
@@ -26,6 +27,11 @@ def _all(dm: ShapesDataModule, split: str) -> dict[str, torch.Tensor]:
     ds = dm.dataset(split)
     items = [ds[i] for i in range(len(ds))]
     return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(H, W) bool mask grown by `radius` px (a square structuring element)."""
+    return torch.nn.functional.max_pool2d(mask[None].float(), 2 * radius + 1, 1, radius)[0].bool()
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,8 @@ def test_image_depends_only_on_seed_split_index() -> None:
 
 def test_splits_differ(dm: ShapesDataModule) -> None:
     images = {split: dm.dataset(split).data["image"].flatten(1) for split in SPLITS}
+    for split, flat in images.items():  # and no image repeats within a split
+        assert len(torch.unique(flat, dim=0)) == len(flat), split
     for a in SPLITS:
         for b in SPLITS:
             if a < b:  # no image of one split appears in another
@@ -113,20 +121,26 @@ def test_mask_to_box_and_box_to_mask() -> None:
 
 
 def test_masks_are_the_object(dm: ShapesDataModule) -> None:
-    """Non-empty, inside the image with a 1 px margin, uniformly coloured, and contrasting with the
-    pixels around it."""
+    """Non-empty, inside the image with a 1 px margin, uniformly coloured, contrasting with the pixels
+    around it, and exactly the pixels that look more like the object than like the background."""
     data = dm.dataset("train").data
     images = data["image"].float() / 255
     assert data["mask"].flatten(1).any(1).all()
     border = torch.ones(64, 64, dtype=torch.bool)
     border[1:-1, 1:-1] = False
     assert not data["mask"][:, border].any()
-    pool = torch.nn.functional.max_pool2d
-    for image, mask in zip(images, data["mask"].float(), strict=True):
-        inner = (-pool(-mask[None], 3, 1, 1))[0].bool()  # eroded: away from the anti-aliased edge
-        ring = pool(mask[None], 5, 1, 2)[0].bool() & ~pool(mask[None], 3, 1, 1)[0].bool()
+    edge_in, edge_out = [], []  # per anti-aliased edge pixel: is it closer to the object colour?
+    for image, mask in zip(images, data["mask"], strict=True):
+        inner = ~_dilate(~mask, 1)  # away from the anti-aliased edge
+        ring = _dilate(mask, 3) & ~_dilate(mask, 1)
+        colour, around = image[:, inner].mean(1), image[:, ring].mean(1)
         assert image[:, inner].std(1).max() < 0.06  # the object's flat colour plus pixel noise
-        assert (image[:, inner].mean(1) - image[:, ring].mean(1)).norm() > 0.2
+        assert (colour - around).norm() > 0.2
+        closer = (image - colour[:, None, None]).norm(dim=0) < (image - around[:, None, None]).norm(dim=0)
+        edge_in.append(closer[mask & ~inner])
+        edge_out.append(closer[_dilate(mask, 1) & ~mask])
+    assert torch.cat(edge_in).float().mean() > 0.9
+    assert torch.cat(edge_out).float().mean() < 0.1
 
 
 def test_object_size_carries_no_class_information() -> None:
@@ -146,13 +160,7 @@ def test_background_does_not_depend_on_the_class() -> None:
     """The same seed with another label changes only the pixels near the object."""
     for i in range(10):
         renders = [render_image(np.random.default_rng([0, 0, i]), label, 64) for label in range(6)]
-        near = np.zeros((64, 64), dtype=bool)
-        for _, mask in renders:
-            near |= (
-                torch.nn.functional.max_pool2d(torch.from_numpy(mask)[None].float(), 5, 1, 2)[0]
-                .bool()
-                .numpy()
-            )
+        near = np.any([_dilate(torch.from_numpy(mask), 2).numpy() for _, mask in renders], axis=0)
         for image, _ in renders[1:]:
             assert np.array_equal(image[:, ~near], renders[0][0][:, ~near])
 
@@ -189,6 +197,28 @@ def test_normalisation_round_trip(dm: ShapesDataModule) -> None:
     assert (batch["image"].mean() - 0).abs() < 1  # roughly centred by mean=0.5, std=0.25
     image, _ = render_image(np.random.default_rng([0, SPLITS["val"], 0]), 0, 64)
     assert torch.allclose(restored[0], torch.from_numpy(image), atol=0.5 / 255 + 1e-6)
+
+
+def test_dihedral_augment(dm: ShapesDataModule) -> None:
+    batch = next(iter(dm.val_dataloader()))
+    n, size = len(batch["label"]), 64
+    out = dihedral_augment(batch, torch.arange(n) % 8)
+    assert torch.equal(out["label"], batch["label"])
+    for image, mask in zip(out["image"], out["mask"], strict=True):  # image and mask move together
+        assert image[:, ~_dilate(~mask, 1)].std(1).max() < 0.25  # 0.06 in [0, 1] units
+    assert torch.equal(out["box"], mask_to_box(out["mask"]))
+    assert torch.equal(out["box_mask"], box_to_mask(out["box"], size, size))
+    x0, y0, x1, y1 = batch["box"].T
+    rotated = dihedral_augment(batch, torch.ones(n, dtype=torch.long))  # 90 degrees counter-clockwise
+    assert torch.equal(rotated["box"], torch.stack([y0, size - x1, y1, size - x0], 1))
+    flipped = dihedral_augment(batch, torch.full((n,), 4))  # left-right
+    assert torch.equal(flipped["box"], torch.stack([size - x1, y0, size - x0, y1], 1))
+    back = batch
+    for _ in range(4):
+        back = dihedral_augment(back, torch.ones(n, dtype=torch.long))
+    for key in batch:
+        assert torch.equal(back[key], batch[key]), key
+    assert dm.on_after_batch_transfer(batch, 0) is batch  # only while a trainer trains
 
 
 @pytest.mark.parametrize(

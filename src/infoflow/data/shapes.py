@@ -13,6 +13,7 @@ data do not depend on the order or batch in which they are generated.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -29,15 +30,15 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 MIN_IMAGE_SIZE = 32
 
 #: object size sqrt(area) as a fraction of the image side (uniform in this range)
-OBJECT_SCALE = (0.15, 0.3)
+OBJECT_SCALE = (0.2, 0.35)
 #: distractors per 64x64 image (uniform integer in this range, scaled with the image area)
-NUM_DISTRACTORS = (6, 12)
+NUM_DISTRACTORS = (2, 5)
 #: smallest RGB distance (in [0, 1] units) between the object colour and the background under it
-MIN_CONTRAST = 0.5
+MIN_CONTRAST = 0.6
 #: std of the i.i.d. pixel noise added last, in [0, 1] units
 NOISE_STD = 0.03
 #: range of the background colour field values, in [0, 1] units
-BACKGROUND_RANGE = (0.1, 0.9)
+BACKGROUND_RANGE = (0.4, 0.6)
 
 
 class _Polygon(NamedTuple):
@@ -120,6 +121,7 @@ def _signed_distance(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(outside, dist, -dist)
 
 
+@functools.lru_cache
 def _upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) bilinear interpolation weights, corners aligned."""
     pos = np.linspace(0, n_in - 1, n_out)
@@ -392,16 +394,5 @@ def dihedral_augment(batch: dict[str, torch.Tensor], element: torch.Tensor) -> d
                 x[sel] = y.flip(-1) if e >= 4 else y
         out[key] = x
     if "box" in batch and "box_mask" in out:
-        rows, cols = out["box_mask"].any(-1), out["box_mask"].any(-2)
-        idx = torch.arange(rows.shape[-1], device=rows.device, dtype=batch["box"].dtype)
-        big = torch.tensor(float(rows.shape[-1]), device=rows.device)
-        out["box"] = torch.stack(
-            [
-                torch.where(cols, idx, big).amin(-1),
-                torch.where(rows, idx, big).amin(-1),
-                torch.where(cols, idx, -1).amax(-1) + 1,
-                torch.where(rows, idx, -1).amax(-1) + 1,
-            ],
-            -1,
-        )
+        out["box"] = mask_to_box(out["box_mask"]).to(batch["box"].dtype)
     return out
