@@ -13,7 +13,13 @@ from infoflow.registry import Registry
 TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
 
 #: modules whose import registers the tasks
-_TASK_MODULES = ("infoflow.tasks.classifier", "infoflow.tasks.readout", "infoflow.tasks.decoder")
+_TASK_MODULES = (
+    "infoflow.tasks.classifier",
+    "infoflow.tasks.readout",
+    "infoflow.tasks.decoder",
+    "infoflow.tasks.prune",
+    "infoflow.tasks.distill",
+)
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:

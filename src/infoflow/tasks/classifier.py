@@ -1,4 +1,9 @@
-"""Train a zoo classifier on a datamodule: ``python train.py task=classifier``."""
+"""Train a zoo classifier on a datamodule: ``python train.py task=classifier``.
+
+With ``task.save_every_epoch=true`` the weights after every epoch are kept as plain state dicts,
+``epochs/epoch_000.pt`` (the initialisation) ... ``epochs/epoch_<N>.pt`` (after N epochs), each loadable
+with ``weights=<path>``, so that ``analysis.compare`` can follow a network over training.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,10 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def on_fit_start(self) -> None:
+        # zoo models come in eval mode and Lightning keeps each module's mode: train batch norms and dropout
+        self.model.train()
+
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
@@ -56,6 +65,28 @@ class ClassifierModule(pl.LightningModule):
             opt, max_lr=self.hparams.lr, total_steps=int(steps)), "interval": "step"}}
 
 
+class SaveEveryEpoch(pl.Callback):
+    """Write the model's weights to ``<dirpath>/epoch_<NNN>.pt`` before training and after every epoch.
+
+    NNN counts the epochs trained (000: the initial weights). Plain state dicts, written atomically by rank 0.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    def _save(self, trainer: pl.Trainer, module: ClassifierModule, epochs: int) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+            atomic_save(state, self.dirpath / f"epoch_{epochs:03d}.pt")
+
+    def on_train_start(self, trainer: pl.Trainer, module: ClassifierModule) -> None:
+        if trainer.current_epoch == 0:  # not when resuming
+            self._save(trainer, module, 0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: ClassifierModule) -> None:
+        self._save(trainer, module, trainer.current_epoch + 1)
+
+
 @TASKS.register("classifier")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` from `cfg.weights` (use weights=none to start from scratch)."""
@@ -64,10 +95,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
     module = ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
     trainer = build_trainer(cfg)
+    if cfg.task.get("save_every_epoch"):
+        trainer.callbacks.insert(0, SaveEveryEpoch(Path(cfg.paths.output_dir) / "epochs"))
     log_config(trainer, cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     metrics = trainer.test(module, datamodule=dm)[0]
     if trainer.is_global_zero:
         path = atomic_save(module.model.state_dict(), Path(cfg.paths.output_dir) / "model.pt")
         print(f"weights: {path}  (use weights={path})")
+        if cfg.task.get("save_every_epoch"):
+            print(f"weights after every epoch: {path.parent / 'epochs'}/epoch_<NNN>.pt  (000: the initialisation)")
     return metrics

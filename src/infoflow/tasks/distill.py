@@ -1,0 +1,126 @@
+"""Knowledge distillation (Hinton et al. 2015): ``python train.py task=distill task.teacher.model=... task.teacher.weights=...``.
+
+The student, the config's `model`, is trained from scratch (``weights=default``; or from `weights`) on
+``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, label)``, where t and s are the
+teacher's and the student's logits. The teacher is frozen: eval mode, no gradients, and not a registered
+submodule, so optimisers, DDP and checkpoints never see its weights (as the Readout Bottleneck keeps its
+classifier). Logged like the classifier (``{train,val,test}/{loss,acc}``, loss = the distillation
+objective) plus its parts ``{stage}/kd`` (T^2 KL) and ``{stage}/ce``; the student is saved as ``model.pt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.models.zoo import ZooModel, get_model
+from infoflow.tasks import TASKS
+from infoflow.tasks.classifier import ClassifierModule
+from infoflow.tasks.prune import require_trained
+from infoflow.utils.checkpoint import atomic_save
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, T^2 KL(softmax(t/T) || softmax(s/T)) batch mean, CE) of student and teacher logits."""
+    kd = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                  reduction="batchmean", log_target=True) * temperature**2
+    ce = F.cross_entropy(student, labels)
+    return alpha * kd + (1 - alpha) * ce, kd, ce
+
+
+class DistillModule(ClassifierModule):
+    """`ClassifierModule` whose loss distils a frozen teacher (given with `set_teacher`) into `model`."""
+
+    def __init__(self, model: nn.Module, num_classes: int, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 alpha: float = 0.9, temperature: float = 4.0) -> None:
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"task.alpha weighs the distillation term against cross-entropy, in [0, 1]; got {alpha}")
+        if not temperature > 0:
+            raise ValueError(f"task.temperature must be > 0, got {temperature}")
+        super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay)
+
+    def set_teacher(self, teacher: nn.Module) -> DistillModule:
+        """Freeze `teacher` for good and keep it outside the module tree (`_apply` still moves it along)."""
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
+        return self
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> DistillModule:  # type: ignore[override]
+        if "teacher" in self.__dict__:
+            self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(student logits, loss, kd, ce) of a batch."""
+        if "teacher" not in self.__dict__:
+            raise RuntimeError("DistillModule has no teacher: call set_teacher(teacher) first")
+        with torch.no_grad():
+            teacher = self.teacher(images)
+        logits = self(images)
+        return logits, *distillation_loss(logits, teacher, labels, self.hparams.alpha, self.hparams.temperature)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits, loss, kd, ce = self.loss(batch["image"], batch["label"])
+        self.acc[f"{stage}_acc"](logits, batch["label"])
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=sync)
+        self.log_dict({f"{stage}/kd": kd, f"{stage}/ce": ce}, sync_dist=sync)
+        self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+
+def build_teacher(cfg: DictConfig, student: ZooModel, input_size: tuple[int, int, int]) -> ZooModel:
+    """The trained teacher of `cfg.task.teacher`, checked against the student and the data."""
+    spec = cfg.task.teacher
+    require_trained(spec.model, spec.weights, "the teacher", "task.teacher.weights")
+    num_classes = spec.get("num_classes") or student.num_classes
+    try:
+        teacher = get_model(spec.model, weights=str(spec.weights), num_classes=num_classes, input_size=input_size)
+    except ValueError as err:
+        if "does not fit" not in str(err):
+            raise
+        raise ValueError(f"{err}. Are the teacher's weights for {num_classes} classes? (set task.teacher.num_classes "
+                         "to the number they are for: teacher and student must agree)") from err
+    if teacher.num_classes != student.num_classes:
+        raise ValueError(f"the teacher ({teacher.name}) has {teacher.num_classes} classes but the student "
+                         f"({student.name}) has {student.num_classes}: distillation needs the same classes")
+    for role, zoo in (("teacher", teacher), ("student", student)):
+        try:
+            with torch.no_grad():
+                out = zoo.module.eval()(torch.zeros(2, *input_size))
+        except RuntimeError as err:
+            raise ValueError(f"the {role} {zoo.name} does not accept the data's {input_size[1]}x{input_size[2]} "
+                             f"images (set data.image_size to a size it takes): {err}") from err
+        if tuple(out.shape) != (2, zoo.num_classes):
+            raise ValueError(f"the {role} {zoo.name} outputs {tuple(out.shape[1:])} for one image, "
+                             f"not {zoo.num_classes} logits")
+    return teacher
+
+
+@TASKS.register("distill")
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Distil `cfg.task.teacher` into `cfg.model` (from scratch) on `cfg.data`; save the student."""
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    student = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
+    teacher = build_teacher(cfg, student, dm.input_size)
+    module = DistillModule(student.module, student.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay,
+                           alpha=cfg.task.alpha, temperature=cfg.task.temperature).set_teacher(teacher.module)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    metrics = trainer.test(module, datamodule=dm)[0]
+    if trainer.is_global_zero:
+        path = atomic_save(module.model.state_dict(), Path(cfg.paths.output_dir) / "model.pt")
+        print(f"student {student.name} of teacher {teacher.name} ({teacher.weights}): test/acc "
+              f"{metrics.get('test/acc', float('nan')):.4f}")
+        print(f"weights: {path}  (use weights={path})")
+    return metrics
