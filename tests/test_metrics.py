@@ -25,7 +25,7 @@ from infoflow.metrics import (
     ssim,
 )
 from infoflow.metrics.degradation import degradation_curves
-from infoflow.metrics.sensitivity import sensitivity_correlations
+from infoflow.metrics.sensitivity import logit_drops, tile_set_masses
 from infoflow.models import get_model
 
 _spec = importlib.util.spec_from_file_location(
@@ -99,6 +99,7 @@ def test_tile_grid_with_cut_edge_tiles() -> None:
         dim=1,
     )
     torch.testing.assert_close(grid.tile_sums(maps), expected)
+    torch.testing.assert_close(grid.tile_means(maps), expected / torch.tensor([16.0, 12, 16, 12, 8, 6]).double())
     ids = grid.pixel_tiles()
     assert ids[9, 6] == 5 and ids[0, 3] == 0 and ids[4, 4] == 3
     assert torch.bincount(ids.flatten()).tolist() == [16, 12, 16, 12, 8, 6]
@@ -181,6 +182,17 @@ def test_degradation_matches_per_image_loop_on_a_small_cnn() -> None:
         torch.testing.assert_close(top1_batched, top1, rtol=0, atol=1e-12)
         torch.testing.assert_close(metric.morf_sum, morf.sum(0), rtol=0, atol=1e-12)
         torch.testing.assert_close(metric.lerf_sum, lerf.sum(0), rtol=0, atol=1e-12)
+
+
+def test_degradation_constant_map_with_cut_border_tiles_has_zero_area() -> None:
+    """A constant map ranks every tile equally, also the smaller border tiles (64 = 4 * 14 + 8), so MoRF and
+    LeRF remove tiles in the same order and the area is exactly 0 (ranking by sums would not)."""
+    model = small_cnn()
+    images = torch.randn(3, 3, 64, 64)
+    metric = Degradation(model, (64, 64), tile_size=14)
+    metric.update(images, model(images).argmax(1), torch.full((3, 64, 64), 0.5))
+    result = metric.compute()
+    assert torch.equal(result.morf, result.lerf) and result.score.item() == 0.0
 
 
 def test_degradation_normalisation() -> None:
@@ -301,9 +313,29 @@ def test_sensitivity_n_matches_per_image_loop_on_a_small_cnn() -> None:
         metric = SensitivityN(model, (20, 20), tile_size=tile, num_n=8, num_subsets=6, batch_size=50)
         metric.update(images, target, attr)
         expected = bench.sensitivity_loop(model, images, target, attr, tile, metric.subsets)
-        batched = sensitivity_correlations(model, images, target, attr, metric.grid, metric.subsets, 50)
+        drops = logit_drops(model, images, target, metric.grid, metric.subsets, 50)
+        batched = pearson(tile_set_masses(attr, metric.grid, metric.subsets), drops)
         torch.testing.assert_close(batched, expected, rtol=0, atol=1e-10)
         torch.testing.assert_close(metric.compute().correlation, expected.mean(0), rtol=0, atol=1e-10)
+
+
+def test_sensitivity_n_shared_drops_equal_recomputed_ones() -> None:
+    """Drops computed once serve every method's metric: the results equal per-metric recomputation."""
+    model = small_cnn().double()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 3, 20, 20, generator=g, dtype=torch.float64)
+    target = torch.tensor([1, 0, 1])
+    maps = [torch.randn(3, 20, 20, generator=g, dtype=torch.float64) for _ in range(2)]
+    shared = SensitivityN(model, (20, 20), tile_size=4, num_n=5, num_subsets=6, batch_size=7)
+    drops = shared.drops(images, target)
+    assert drops.shape == (3, len(shared.n_values), 6)
+    for attr in maps:
+        own, reused = (SensitivityN(model, (20, 20), tile_size=4, num_n=5, num_subsets=6) for _ in range(2))
+        own.update(images, target, attr)
+        reused.update(images, target, attr, drops=drops)
+        assert torch.equal(own.compute().correlation, reused.compute().correlation)
+    with pytest.raises(ValueError, match="drops of shape"):
+        shared.update(images[:2], target[:2], maps[0][:2], drops=drops)
 
 
 def test_pearson_matches_numpy_and_treats_constants_as_zero() -> None:

@@ -2,7 +2,8 @@
 
 `AttributionEvaluation.test_step` computes every method's maps for its batch and updates that method's
 torchmetrics (degradation per tile size, Sensitivity-n per tile size, bounding-box ratio, cascading
-sanity-check SSIM); the metrics' sum states reduce across processes in `on_test_epoch_end`, where the
+sanity-check SSIM); Sensitivity-n's perturbed forward passes do not depend on the maps, so they run once
+per batch for all methods. The metrics' sum states reduce across processes in `on_test_epoch_end`, where the
 results land in `results` (on every rank). `evaluation_loader` gives the first images of the test split,
 each with its global ``index``, split over processes without padding, so 1 and N processes see exactly
 the same images.
@@ -165,12 +166,17 @@ class AttributionEvaluation(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, target = batch["image"], self._target(batch)
         sanity = batch["index"] < self.settings.sanity_images
+        # Sensitivity-n's logit drops do not depend on the maps: one computation per tile size serves all rows
+        drops = {name: metric.drops(x, target) for name, metric in self.scores[self.labels[0]].items()
+                 if name.startswith("sensitivity")} if self.methods else {}
         for label, method in self.methods.items():
             with torch.enable_grad():
                 maps = attribute_batch(method, batch, target)
             for name, metric in self.scores[label].items():
-                if name.startswith(("degradation", "sensitivity")):
+                if name.startswith("degradation"):
                     metric.update(x, target, maps)
+                elif name.startswith("sensitivity"):
+                    metric.update(x, target, maps, drops=drops[name])
                 elif name == "bbox":
                     metric.update(maps, batch["box_mask"])
             if "sanity" in self.scores[label] and sanity.any() and not isinstance(method, GroundTruth):

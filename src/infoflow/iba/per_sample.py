@@ -107,8 +107,8 @@ class PerSampleIBA(Attribution):
             self.set_estimator(estimator)
 
     def set_estimator(self, estimator: Estimator) -> None:
-        mean, std, active = estimator.compute()
-        self.bottleneck = Bottleneck(mean, std, active, self.sigma).to(self.device)
+        """Use the feature statistics of `estimator` (fitted, or loaded from a cache file)."""
+        self.bottleneck = Bottleneck(estimator.mean, estimator.std, estimator.active, self.sigma).to(self.device)
 
     def fit(self, dataloader) -> PerSampleIBA:
         """Estimate the layer's feature statistics on `dataloader` (or load them from `estimator_cache`)."""

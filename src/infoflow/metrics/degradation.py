@@ -40,8 +40,11 @@ class DegradationResult(NamedTuple):
 class Degradation(Metric):
     """MoRF/LeRF degradation over square tiles and the area between the two curves.
 
-    Tiles are ranked by the attribution summed in each tile (ties: lower tile index first, row-major) and
-    replaced, one by one, by the image's per-channel mean (in the model's normalised input space). The
+    Tiles are ranked by the mean attribution in each tile (ties: lower tile index first, row-major) and
+    replaced, one by one, by the image's per-channel mean (in the model's normalised input space). For equal
+    tiles the mean ranks as the paper's sum does; when the tile size does not divide the image, the mean
+    keeps the smaller border tiles from ranking last for any positive map (which gives Random a spurious
+    positive area). The
     target-class softmax probability is recorded after `steps` tiles, `steps` being `num_points` evenly
     spaced counts from 0 (original image) to all tiles (constant image), rounded and de-duplicated.
     All perturbed images of a batch are built as tensors on the model's device and run in batches of
@@ -73,7 +76,7 @@ class Degradation(Metric):
         image_size: tuple[int, int],
         tile_size: int = 8,
         num_points: int = 101,
-        batch_size: int = 128,
+        batch_size: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -136,7 +139,7 @@ def degradation_curves(
         top1 (N,): top-1 probability on the original images (float64).
     """
     device, n, total = images.device, images.shape[0], grid.num_tiles
-    scores = grid.tile_sums(attributions)
+    scores = grid.tile_means(attributions)
     ranks = torch.arange(total, device=device).expand(n, total)
     position = torch.empty(2, n, total, dtype=torch.long, device=device)  # place of each tile in the order
     for k, descending in enumerate((True, False)):

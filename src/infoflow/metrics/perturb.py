@@ -79,6 +79,9 @@ def run_perturbations(
     for start in range(0, total, batch_size):
         pair = torch.arange(start, min(start + batch_size, total), device=device)
         image, step = pair // per_image, pair % per_image
-        out.append(forward(build(image, step), image))
+        batch = build(image, step)
+        if batch.dim() == 4:  # convolutions run faster on channels-last inputs (same values)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        out.append(forward(batch, image))
     values = torch.cat(out)
     return values.view(num_images, per_image, *values.shape[1:])

@@ -69,7 +69,7 @@ class SensitivityN(Metric):
         max_fraction: float = 0.8,
         num_subsets: int = 100,
         seed: int = 0,
-        batch_size: int = 128,
+        batch_size: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -91,17 +91,43 @@ class SensitivityN(Metric):
         self.add_state("corr_sum", torch.zeros(len(self.n_values), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, images: torch.Tensor, target: torch.Tensor | int, attributions: torch.Tensor) -> None:
-        """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
+    def _subsets_on(self, device: torch.device) -> torch.Tensor:
+        if self._device_subsets.device != device:
+            self._device_subsets = self.subsets.to(device)
+        return self._device_subsets
+
+    def drops(self, images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+        """(N, K, S) float64 drop of the target logit when each tile set is zeroed, on the model's device.
+
+        The drops do not depend on the attribution: compute them once per batch and pass them to the
+        `update` of every method's metric (same image size, tiles, sets and model) instead of recomputing.
+        """
+        size = (self.grid.height, self.grid.width)
+        device = classifier_device(self.model, images.device)
+        maps = torch.zeros(images.shape[0], *size, device=images.device)
+        target = check_batch(images, target, maps, size).to(device)
+        return logit_drops(self.model, images.to(device), target, self.grid, self._subsets_on(device),
+                           self.batch_size)
+
+    def update(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | int,
+        attributions: torch.Tensor,
+        drops: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W);
+        `drops` (N, K, S) from `drops(images, target)` when already computed for these images."""
         size = (self.grid.height, self.grid.width)
         device = classifier_device(self.model, images.device)
         target = check_batch(images, target, attributions, size).to(device)
-        images, attributions = images.to(device), attributions.to(device)
-        if self._device_subsets.device != device:
-            self._device_subsets = self.subsets.to(device)
-        corr = sensitivity_correlations(
-            self.model, images, target, attributions, self.grid, self._device_subsets, self.batch_size
-        )
+        subsets = self._subsets_on(device)
+        if drops is None:
+            drops = logit_drops(self.model, images.to(device), target, self.grid, subsets, self.batch_size)
+        elif tuple(drops.shape) != (images.shape[0], *subsets.shape[:2]):
+            raise ValueError(f"drops of shape {tuple(drops.shape)} do not fit {images.shape[0]} images, "
+                             f"{subsets.shape[0]} set sizes and {subsets.shape[1]} sets each")
+        corr = pearson(tile_set_masses(attributions.to(device), self.grid, subsets), drops.to(device))
         self.corr_sum += corr.sum(0).to(self.corr_sum.device)
         self.count += images.shape[0]
 
@@ -134,28 +160,30 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(constant, torch.zeros_like(corr), corr)
 
 
+def tile_set_masses(attributions: torch.Tensor, grid: TileGrid, subsets: torch.Tensor) -> torch.Tensor:
+    """(N, K, S) float64 attribution mass of each tile set: attributions (N, H, W), subsets (K, S, num_tiles)."""
+    scores = grid.tile_sums(attributions)
+    return torch.stack([scores @ sets.T.double() for sets in subsets], dim=1)  # one n at a time: bounded memory
+
+
 @torch.no_grad()
-def sensitivity_correlations(
+def logit_drops(
     model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     target: torch.Tensor,
-    attributions: torch.Tensor,
     grid: TileGrid,
     subsets: torch.Tensor,
     batch_size: int,
 ) -> torch.Tensor:
-    """Per-image Sensitivity-n correlations (N, K), batched.
+    """(N, K, S) float64 drop S_c(x) - S_c(x[T = 0]) of the target logit for every tile set T, batched.
 
     Args:
-        images (N, C, H, W), target (N,), attributions (N, H, W) on the model's device;
-        subsets: (K, S, num_tiles) bool tile sets, on the same device.
+        images (N, C, H, W), target (N,) on the model's device; subsets: (K, S, num_tiles) bool, same device.
     """
     device, n = images.device, images.shape[0]
     k, s, total = subsets.shape
     flat = subsets.view(k * s, total)
     pixel_tiles = grid.pixel_tiles(device)
-    scores = grid.tile_sums(attributions)
-    masses = torch.stack([scores @ sets.T.double() for sets in subsets], dim=1)  # (N, K, S); one n at a time
 
     def logit(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return model(batch).double().gather(1, target[i, None]).squeeze(1)
@@ -166,4 +194,4 @@ def sensitivity_correlations(
 
     base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device)  # (N, 1)
     drops = base - run_perturbations(logit, build, n, k * s, batch_size, device)
-    return pearson(masses, drops.view(n, k, s))
+    return drops.view(n, k, s)

@@ -46,3 +46,11 @@ class TileGrid:
         t = self.tile_size
         padded = F.pad(maps.double(), (0, self.cols * t - self.width, 0, self.rows * t - self.height))
         return padded.view(-1, self.rows, t, self.cols, t).sum(dim=(2, 4)).flatten(1)
+
+    def tile_areas(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(num_tiles,) float64 pixels per tile (smaller for tiles cut at the border)."""
+        return torch.bincount(self.pixel_tiles(device).flatten(), minlength=self.num_tiles).double()
+
+    def tile_means(self, maps: torch.Tensor) -> torch.Tensor:
+        """Mean of (N, H, W) maps within each tile -> (N, num_tiles), in float64 (`tile_sums` / `tile_areas`)."""
+        return self.tile_sums(maps) / self.tile_areas(maps.device)
