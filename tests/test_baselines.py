@@ -177,6 +177,10 @@ def test_random_is_seeded_uniform_noise() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (3, 64, 64) and a.min() >= 0 and a.max() < 1
     assert abs(a.mean().item() - 0.5) < 0.02
+    # a map depends on its image only: the same in any batch, order or process; different images differ
+    random = METHODS.get("random")(model, seed=7)
+    assert torch.equal(random.attribute(x[[2, 0]], 0), a[[2, 0]])
+    assert torch.equal(random.attribute(x[1:2], 0)[0], a[1]) and not torch.equal(a[0], a[1])
 
 
 def test_gradient_and_saliency_of_a_linear_model_are_its_weights() -> None:

@@ -392,13 +392,20 @@ def trained_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_training_on_shapes_lowers_the_information_and_keeps_top1(trained_classifier: Path, tmp_path: Path) -> None:
+    """4 epochs at beta=1 cut L_I/k by more than 75 % while top-1 with the bottleneck stays within 5 points.
+
+    beta=1, not the paper's 10: the penalty is beta times the *mean* capacity per feature element, and this
+    small network (64 x 8 x 8 elements at conv3) needs more information per element than ResNet-50's 802,816.
+    At beta=10 the same run reaches L_I/k ~0.11 nats but top-1 falls from 0.96 to ~0.5 (the paper's
+    ResNet-50 readout falls from 0.76 to 0.66).
+    """
     run_script("train.py", f"weights={trained_classifier}", f"data.image_size={SIZE}", "data.num_train=1024",
-               "data.num_val=256", "data.batch_size=32", "trainer.max_epochs=4", "beta=10", "task.lr=1e-4",
+               "data.num_val=256", "data.batch_size=32", "trainer.max_epochs=4", "beta=1", "task.lr=3e-4",
                "logger=csv", "callbacks=none", f"hydra.run.dir={tmp_path}")
     record = json.loads((tmp_path / "metrics.json").read_text())
     initial, final = record["initial"], record["metrics"]
     assert final["val/top1_orig"] > 0.5, "the classifier should be well above chance (0.25)"
-    assert final["val/info"] < 0.75 * initial["init/info"]
+    assert final["val/info"] < 0.25 * initial["init/info"]
     assert final["val/top1"] >= final["val/top1_orig"] - 0.05
 
 

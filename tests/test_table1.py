@@ -29,9 +29,9 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ShapesNet trained for one epoch on the default shapes data (4 classes)."""
+    """A ShapesNet trained for three epochs on the default shapes data (4 classes; about 30 CPU-seconds)."""
     path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
-    torch.save(train_shapesnet(4, epochs=1), path)
+    torch.save(train_shapesnet(4, epochs=3), path)
     return path
 
 
@@ -67,7 +67,7 @@ def test_every_method_config_composes_and_builds() -> None:
 
 @pytest.mark.slow
 def test_ground_truth_beats_random_degradation(trained_weights: Path) -> None:
-    """In-process Lightning loop on the shapes default (a 1-epoch model, t1 ~ 0.3): the object mask as the
+    """In-process Lightning loop on the shapes default (a 3-epoch model): the object mask as the
     attribution has a larger degradation area than Random, whose area is about 0; its bbox ratio is high."""
     cfg = _cfg(f"weights={trained_weights}", "analysis.only=[random,ground-truth]")
     dm = ShapesDataModule(num_classes=4, batch_size=16)
@@ -77,7 +77,7 @@ def test_ground_truth_beats_random_degradation(trained_weights: Path) -> None:
                                    MetricSettings(degradation={"num_points": 21}, sensitivity_tiles=()), boxes=True)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, inference_mode=False)
-    trainer.test(module, dataloaders=evaluation_loader(dm, 48), verbose=False)
+    trainer.test(module, dataloaders=evaluation_loader(dm, 96), verbose=False)
     gt, rnd = module.results["ground-truth"], module.results["random"]
     for tile in (8, 14):
         assert gt["degradation"][tile].score > rnd["degradation"][tile].score + 0.02, tile
@@ -106,9 +106,11 @@ def test_table1_end_to_end_writes_table_curves_grid_and_wandb(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
-    """trainer=ddp_cpu (2 gloo processes, disjoint unpadded shares of the images) == trainer=cpu."""
-    rows = "analysis.only=[random,gradient,ground-truth]"
-    one = pd.read_csv(_run_tiny(tmp_path, "one", "weights=none", rows, "trainer=cpu") / "table1.csv")
-    two = pd.read_csv(_run_tiny(tmp_path, "two", "weights=none", rows, "trainer=ddp_cpu") / "table1.csv")
-    pd.testing.assert_frame_equal(one, two, check_exact=False, rtol=1e-9, atol=1e-12)
+def test_two_processes_give_the_same_numbers_as_one(trained_weights: Path, tmp_path: Path) -> None:
+    """trainer=ddp_cpu (2 gloo processes, disjoint unpadded shares of the images) == trainer=cpu, up to
+    float32 rounding of the forward passes (the perturbation batches hold different images)."""
+    args = ("analysis.only=[random,gradient,ground-truth]", f"weights={trained_weights}")
+    one = pd.read_csv(_run_tiny(tmp_path, "one", *args, "trainer=cpu") / "table1.csv")
+    two = pd.read_csv(_run_tiny(tmp_path, "two", *args, "trainer=ddp_cpu") / "table1.csv")
+    assert list(one.method) == ["random", "gradient", "ground-truth"]
+    pd.testing.assert_frame_equal(one, two, check_exact=False, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ every channel (the logit drop of the tile). Grad-CAM has one channel.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -85,16 +86,25 @@ class FrozenAttribution(Attribution):
 
 
 class Random(FrozenAttribution):
-    """Uniform noise in [0, 1), (N, H, W): the naive baseline. Seeded: two instances with the same seed
-    produce the same sequence of maps."""
+    """Uniform noise in [0, 1), (N, H, W): the naive baseline.
+
+    Each image's map is drawn from a generator seeded with the CRC-32 of the image's bytes (started at `seed`): it
+    depends only on the image and the seed, not on batching, order or the number of processes (an
+    evaluation split over DDP ranks gives the numbers of one process).
+    """
 
     def __init__(self, model: ZooModel, seed: int = 0) -> None:
         super().__init__(model)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = inputs.shape
-        return torch.rand((n, h, w), generator=self.generator).to(inputs.device)
+        _, _, h, w = inputs.shape
+        maps = []
+        for image in inputs.detach().cpu().contiguous():
+            key = zlib.crc32(image.flatten().view(torch.uint8).numpy(), self.seed & 0xFFFFFFFF)  # 32-bit seed
+            generator = torch.Generator().manual_seed(key)
+            maps.append(torch.rand((h, w), generator=generator))
+        return torch.stack(maps).to(inputs.device)
 
 
 METHODS.register("random")(Random)
