@@ -11,6 +11,7 @@ the same images.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MeanMetric
 
 from infoflow.attribution.base import METHODS, Attribution
 from infoflow.data.base import ImageDataModule
@@ -120,7 +122,8 @@ class AttributionEvaluation(pl.LightningModule):
         grid_batch: a batch whose maps rank 0 keeps for a heatmap grid (`grid_maps`, `grid_target`).
     Attributes:
         results: after the test loop: {label: {"degradation": {tile: DegradationResult},
-            "sensitivity": {tile: SensitivityNResult}, "bbox": tensor, "sanity": (layers, ssim)}}.
+            "sensitivity": {tile: SensitivityNResult}, "bbox": tensor, "sanity": (layers, ssim),
+            "seconds": tensor (mean wall seconds per image of the attribution)}}.
     """
 
     def __init__(self, model: ZooModel, labels: Sequence[str], make: MethodFactory, settings: MetricSettings,
@@ -139,6 +142,7 @@ class AttributionEvaluation(pl.LightningModule):
                 **({"bbox": BoundingBoxRatio(**s.bbox)} if boxes else {}),
                 **({"sanity": SanitySSIM(list(reversed(s.sanity_layers)), label in s.signed, s.win_size)}
                    if s.sanity_images and s.sanity_layers else {}),
+                "seconds": MeanMetric(),  # wall seconds per image of the method's attribution
             })
             for label in self.labels
         })
@@ -170,10 +174,16 @@ class AttributionEvaluation(pl.LightningModule):
         drops = {name: metric.drops(x, target) for name, metric in self.scores[self.labels[0]].items()
                  if name.startswith("sensitivity")} if self.methods else {}
         for label, method in self.methods.items():
+            start = time.perf_counter()
             with torch.enable_grad():
                 maps = attribute_batch(method, batch, target)
+            if maps.is_cuda:
+                torch.cuda.synchronize(maps.device)
+            seconds = time.perf_counter() - start
             for name, metric in self.scores[label].items():
-                if name.startswith("degradation"):
+                if name == "seconds":
+                    metric.update(seconds / len(x), weight=len(x))
+                elif name.startswith("degradation"):
                     metric.update(x, target, maps)
                 elif name.startswith("sensitivity"):
                     metric.update(x, target, maps, drops=drops[name])
@@ -203,8 +213,8 @@ class AttributionEvaluation(pl.LightningModule):
                 value = metric.compute()
                 if name == "sanity":
                     res["sanity"] = (metric.layers, value.cpu())
-                elif name == "bbox":
-                    res["bbox"] = value.cpu()
+                elif name in ("bbox", "seconds"):
+                    res[name] = value.cpu()
                 else:
                     kind, tile = name.split("_")
                     res[kind][int(tile)] = type(value)(*(v.cpu() for v in value))

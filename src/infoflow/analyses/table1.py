@@ -6,7 +6,7 @@ test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes
 (each figure carries the resolved config; ``config.yaml`` sits next to the tables) and to W&B:
 - ``table1.csv`` / ``table1.md``: a row per method; degradation score (area between LeRF and MoRF) at each
   tile size and the bounding-box ratio (when the data has ``box_mask``), per model; plus t1, b, the mean
-  Sensitivity-n correlation and the mean sanity SSIM in the CSV;
+  Sensitivity-n correlation, the mean sanity SSIM and the attribution's wall seconds per image in the CSV;
 - ``curves.csv`` and ``degradation_<tile>.png`` (mean MoRF/LeRF per method, figs. 7, 11, 12),
   ``sensitivity_<tile>.png`` (fig. 6), ``sanity_ssim.png`` (SSIM per randomised layer);
 - ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8).
@@ -142,6 +142,7 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
                            for x, y in zip(d.fractions, getattr(d, kind), strict=True)]
         if "bbox" in r:
             row[f"{tag} bbox ratio"] = extra["bbox_ratio"] = float(r["bbox"])
+        extra["seconds_per_image"] = float(r["seconds"])
         for tile, s in r["sensitivity"].items():
             extra[f"sensitivity_{tile}_mean"] = float(s.correlation.mean())
             curves += [{"method": label, "curve": f"sensitivity_{tile}", "x": float(n), "y": float(c)}
