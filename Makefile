@@ -31,8 +31,9 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+## Every benchmark, one after another (about 5 minutes on two CPU cores); each prints its ratios.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_per_sample.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
