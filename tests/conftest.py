@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from infoflow.models.shapesnet import ShapesNet
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -32,3 +34,13 @@ def run_script(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 60
                           text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def random_shapesnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fixed untrained 4-class ShapesNet weights (seed 0) as a file: a stand-in classifier for tests of
+    mechanics, the same all session (so decoder and delta_f² caches keyed on the weights match)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
+    torch.save(ShapesNet(4).state_dict(), path)
+    return path

@@ -56,15 +56,6 @@ def one_shot_mask(weights: dict[str, torch.Tensor], amount: float) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def shapesnet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fixed random 4-class ShapesNet weights standing in for a trained classifier (only mechanics are tested)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
-    torch.save(ShapesNet(4).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def resnet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-class CIFAR ResNet-20 teacher (another architecture than the ShapesNet student)."""
     torch.manual_seed(1)
@@ -101,9 +92,9 @@ def test_prune_to_reaches_the_amount_exactly_in_one_or_several_rounds(amount: fl
 
 
 def test_prune_task_saves_a_loadable_exactly_sparse_model_and_keeps_masks_while_fine_tuning(
-        tmp_path: Path, shapesnet_file: Path) -> None:
+        tmp_path: Path, random_shapesnet: Path) -> None:
     run = tmp_path / "run"
-    out = run_script("train.py", "task=prune", f"weights={shapesnet_file}", "task.amount=0.6", "task.rounds=1",
+    out = run_script("train.py", "task=prune", f"weights={random_shapesnet}", "task.amount=0.6", "task.rounds=1",
                      "task.finetune_epochs=1", "task.lr=0.05", "callbacks=none", *TINY, f"hydra.run.dir={run}")
     path = run / "model.pt"
     assert f"weights: {path}  (use weights={path})" in out and out.strip().endswith(str(run))
@@ -115,7 +106,7 @@ def test_prune_task_saves_a_loadable_exactly_sparse_model_and_keeps_masks_while_
     zeros, total = zero_fraction(weights)
     assert zeros == round(0.6 * total)
     # masks kept while fine-tuning: the zeros are exactly the one-shot pruned weights of the original
-    original = conv_linear_weights(load_state_dict_file(shapesnet_file), net)
+    original = conv_linear_weights(load_state_dict_file(random_shapesnet), net)
     expected = one_shot_mask(original, 0.6)
     for name, w in weights.items():
         assert torch.equal(w == 0, expected[name]), name
@@ -137,7 +128,7 @@ def test_prune_task_saves_a_loadable_exactly_sparse_model_and_keeps_masks_while_
     assert zero_fraction(conv_linear_weights(zoo.module.state_dict(), zoo.module)) == (zeros, total)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", [*TINY[:5], f"analysis.compare=[{{name: original, model: shapesnet, weights: "
-                                              f"{shapesnet_file}}}, {{name: pruned, model: shapesnet, weights: {path}}}]",
+                                              f"{random_shapesnet}}}, {{name: pruned, model: shapesnet, weights: {path}}}]",
                                    "analysis=layerwise"])
     dm = ShapesDataModule(image_size=SIZE, num_train=32, num_val=16, num_test=16)
     models = dict(compared_models(cfg, dm))
@@ -146,8 +137,8 @@ def test_prune_task_saves_a_loadable_exactly_sparse_model_and_keeps_masks_while_
     assert zero_fraction(conv_linear_weights(pruned.state_dict(), pruned)) == (zeros, total)
 
 
-def test_iterative_rounds_reach_the_same_final_amount(tmp_path: Path, shapesnet_file: Path) -> None:
-    metrics = run_task(compose_train(tmp_path, "task=prune", f"weights={shapesnet_file}", "task.amount=0.9",
+def test_iterative_rounds_reach_the_same_final_amount(tmp_path: Path, random_shapesnet: Path) -> None:
+    metrics = run_task(compose_train(tmp_path, "task=prune", f"weights={random_shapesnet}", "task.amount=0.9",
                                      "task.rounds=3", "task.finetune_epochs=1", "callbacks=none"))
     net = ShapesNet(4)
     zeros, total = zero_fraction(conv_linear_weights(load_state_dict_file(tmp_path / "model.pt"), net))
@@ -159,12 +150,12 @@ def test_iterative_rounds_reach_the_same_final_amount(tmp_path: Path, shapesnet_
     assert logged["sparsity"].dropna().tolist() == pytest.approx([zeros / total])
 
 
-def test_iterative_rounds_without_fine_tuning_are_one_shot(tmp_path: Path, shapesnet_file: Path) -> None:
-    run_task(compose_train(tmp_path, "task=prune", f"weights={shapesnet_file}", "task.amount=0.5", "task.rounds=4",
+def test_iterative_rounds_without_fine_tuning_are_one_shot(tmp_path: Path, random_shapesnet: Path) -> None:
+    run_task(compose_train(tmp_path, "task=prune", f"weights={random_shapesnet}", "task.amount=0.5", "task.rounds=4",
                            "task.finetune_epochs=0", "callbacks=none"))
     net = ShapesNet(4)
     weights = conv_linear_weights(load_state_dict_file(tmp_path / "model.pt"), net)
-    original = conv_linear_weights(load_state_dict_file(shapesnet_file), net)
+    original = conv_linear_weights(load_state_dict_file(random_shapesnet), net)
     expected = one_shot_mask(original, 0.5)
     for name, w in weights.items():
         assert torch.equal(w == 0, expected[name]) and torch.equal(w[w != 0], original[name][w != 0])
@@ -178,9 +169,9 @@ def test_iterative_rounds_without_fine_tuning_are_one_shot(tmp_path: Path, shape
     ("task.rounds=0", "task.rounds must be an integer >= 1"),
     ("task.finetune_epochs=-1", "task.finetune_epochs must be an integer >= 0"),
 ])
-def test_prune_rejects_bad_settings(tmp_path: Path, shapesnet_file: Path, override: str, message: str) -> None:
+def test_prune_rejects_bad_settings(tmp_path: Path, random_shapesnet: Path, override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        run_task(compose_train(tmp_path, "task=prune", f"weights={shapesnet_file}", override))
+        run_task(compose_train(tmp_path, "task=prune", f"weights={random_shapesnet}", override))
 
 
 def test_prune_needs_trained_weights(tmp_path: Path) -> None:
@@ -261,7 +252,7 @@ def test_distill_task_saves_only_the_student(tmp_path: Path, resnet_file: Path) 
     assert load_state_dict_file(resnet_file).keys() == teacher_keys
 
 
-def test_distill_rejects_an_untrained_teacher_class_mismatch_and_image_size(tmp_path: Path, shapesnet_file: Path) -> None:
+def test_distill_rejects_an_untrained_teacher_class_mismatch_and_image_size(tmp_path: Path, random_shapesnet: Path) -> None:
     def distil(*overrides: str) -> None:
         run_task(compose_train(tmp_path, "task=distill", *overrides))
 
@@ -277,7 +268,7 @@ def test_distill_rejects_an_untrained_teacher_class_mismatch_and_image_size(tmp_
     with pytest.raises(ValueError, match="Are the teacher's weights for 4 classes"):
         distil(f"task.teacher.weights={three}")
     with pytest.raises(ValueError, match="the student alexnet does not accept the data's 32x32 images"):
-        distil(f"task.teacher.weights={shapesnet_file}", "model=alexnet")
+        distil(f"task.teacher.weights={random_shapesnet}", "model=alexnet")
 
 
 # ---------------------------------------------------------------- the classifier over epochs

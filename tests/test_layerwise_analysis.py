@@ -22,7 +22,6 @@ from infoflow.discarding import (
     layerwise_ru,
     layerwise_sid,
 )
-from infoflow.models.shapesnet import ShapesNet
 from infoflow.models.zoo import get_model
 
 TINY_SHAPES = ["data.num_train=64", "data.num_val=32", "data.num_test=16", "data.image_size=32",
@@ -44,15 +43,6 @@ def _evaluate(tmp_path: Path, *overrides: str) -> dict:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", [f"paths.output_dir={tmp_path}", "logger=csv", *overrides])
     return run_analysis(cfg)
-
-
-@pytest.fixture(scope="module")
-def random_shapesnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained 4-class ShapesNet checkpoint (fixed weights, so decoders and delta_f² caches match)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
-    torch.save(ShapesNet(4).state_dict(), path)
-    return path
 
 
 def test_decoder_task_then_layerwise_analysis_with_ru(tmp_path, random_shapesnet, _isolated_cache):

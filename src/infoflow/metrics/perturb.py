@@ -37,12 +37,14 @@ def classifier_device(model: Callable[[torch.Tensor], torch.Tensor], fallback: t
 
 
 def check_batch(
-    images: torch.Tensor, target: torch.Tensor | int, maps: torch.Tensor, size: tuple[int, int]
+    images: torch.Tensor, target: torch.Tensor | int, maps: torch.Tensor | None, size: tuple[int, int]
 ) -> torch.Tensor:
-    """Validate images (N, C, H, W) and maps (N, H, W) of image size `size`; return target as (N,) int64."""
+    """Validate images (N, C, H, W) and maps (N, H, W) (if given) of image size `size`; return target as (N,)
+    int64."""
     if images.dim() != 4 or tuple(images.shape[2:]) != tuple(size):
         raise ValueError(f"expected images (N, C, {size[0]}, {size[1]}), got {tuple(images.shape)}")
-    check_maps(maps, (images.shape[0], *size))
+    if maps is not None:
+        check_maps(maps, (images.shape[0], *size))
     target = torch.as_tensor(target, dtype=torch.long, device=images.device).reshape(-1)
     if target.numel() == 1:
         target = target.expand(images.shape[0])

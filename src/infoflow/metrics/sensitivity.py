@@ -104,8 +104,7 @@ class SensitivityN(Metric):
         """
         size = (self.grid.height, self.grid.width)
         device = classifier_device(self.model, images.device)
-        maps = torch.zeros(images.shape[0], *size, device=images.device)
-        target = check_batch(images, target, maps, size).to(device)
+        target = check_batch(images, target, None, size).to(device)
         return logit_drops(self.model, images.to(device), target, self.grid, self._subsets_on(device),
                            self.batch_size)
 
@@ -123,7 +122,7 @@ class SensitivityN(Metric):
         target = check_batch(images, target, attributions, size).to(device)
         subsets = self._subsets_on(device)
         if drops is None:
-            drops = logit_drops(self.model, images.to(device), target, self.grid, subsets, self.batch_size)
+            drops = self.drops(images, target)
         elif tuple(drops.shape) != (images.shape[0], *subsets.shape[:2]):
             raise ValueError(f"drops of shape {tuple(drops.shape)} do not fit {images.shape[0]} images, "
                              f"{subsets.shape[0]} set sizes and {subsets.shape[1]} sets each")
