@@ -125,3 +125,18 @@ def test_defaults_train_a_readout_and_evaluate_takes_a_readout_checkpoint(tmp_pa
     ev = compose_resolved("evaluate", ["method=readout", "readout_ckpt=/x/readout.pt"], tmp_path)
     assert ev.method.readout_ckpt == "/x/readout.pt" and ev.method.layer == ev.layer
     assert ev.method.data == ev.data
+
+
+def test_statistics_cached_for_the_default_weights_follow_their_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches keyed on weights=default (estimators, delta_f²) must not outlive a new default model."""
+    from infoflow.builders import weights_id
+    from infoflow.data import shapes
+    from infoflow.models import pretrained
+
+    before = weights_id("default")
+    assert before == f"default-{pretrained.default_weights_version()}" and before.startswith("default-v")
+    monkeypatch.setitem(pretrained.SHAPESNET_RECIPE, "epochs", 13)
+    after_recipe = weights_id("default")
+    monkeypatch.setattr(shapes, "NOISE_STD", shapes.NOISE_STD + 0.01)
+    assert len({before, after_recipe, weights_id("default")}) == 3
+    assert weights_id("none") == "none"

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoflow.attribution.base import METHODS, Attribution
 from infoflow.data.base import ImageDataModule
+from infoflow.models.pretrained import default_weights_version
 from infoflow.models.zoo import ZooModel, get_model
 
 #: datamodule settings that do not change the data itself
@@ -44,7 +45,10 @@ def config_hash(obj: Any, n: int = 10) -> str:
 
 
 def weights_id(weights: str) -> str:
-    """Identify weights by name, or a checkpoint file by path, size and modification time."""
+    """Identify weights by name (``default``: with its version, see `default_weights_version`), or a
+    checkpoint file by path, size and modification time."""
+    if str(weights) == "default":
+        return f"default-{default_weights_version()}"
     path = Path(str(weights)).expanduser()
     if path.is_file():
         st = path.stat()

@@ -24,22 +24,23 @@ def cache_dir() -> Path:
 
 def shapesnet_default_state_dict(num_classes: int = 4) -> dict[str, torch.Tensor]:
     """The default ShapesNet weights for `num_classes` shapes data, trained and cached on first use."""
-    path = cache_dir() / f"shapesnet-c{num_classes}-v{SHAPESNET_RECIPE['version']}-{_data_fingerprint()}.pt"
+    path = cache_dir() / f"shapesnet-c{num_classes}-{default_weights_version()}.pt"
     if not path.is_file():
         print(f"[infoflow] training the default shapesnet on the built-in shapes data (first use; cached at {path})")
         atomic_save(train_shapesnet(num_classes), path)
     return load_state_dict_file(path)
 
 
-def _data_fingerprint() -> str:
-    """Hash of the shapes generator's settings, so that cached weights never outlive a change of the data."""
+def default_weights_version() -> str:
+    """``v<recipe version>-<hash of the shapes generator's settings and the recipe>``: names the default
+    weights, so that they, and statistics cached for them, never outlive a change of the data or recipe."""
     import hashlib
 
     from infoflow.data import shapes
 
     settings = [shapes.SHAPE_NAMES, shapes.OBJECT_SCALE, shapes.NUM_DISTRACTORS, shapes.MIN_CONTRAST,
                 shapes.NOISE_STD, shapes.BACKGROUND_RANGE, SHAPESNET_RECIPE]
-    return hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
+    return f"v{SHAPESNET_RECIPE['version']}-{hashlib.sha1(repr(settings).encode()).hexdigest()[:8]}"
 
 
 def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
