@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from infoflow.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(KeyError, ConfigError):
     """Raised for a name that is not in a registry; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
