@@ -21,8 +21,10 @@ demo: $(STAMP)
 	$(PY) evaluate.py
 
 ## The default test suite (slow tests excluded); `make test-all` runs everything.
+## lint-imports checks the layering contract in pyproject.toml (no import cycles between packages).
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow" --durations=15
 
 test-all: $(STAMP)
@@ -30,6 +32,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 ## Every benchmark, one after another (about 5 minutes on two CPU cores); each prints its ratios.
 bench: $(STAMP)

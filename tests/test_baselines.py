@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import infoflow.attribution.baselines  # noqa: F401  (registers the methods)
 import infoflow.attribution.lrp  # noqa: F401
-from infoflow.attribution.base import METHODS
+from infoflow.attribution import METHODS
 from infoflow.attribution.baselines import input_gradient
 from infoflow.attribution.pattern import PatternAttribution
 from infoflow.models.layers import vgg_layers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-import infoflow.attribution.registered  # noqa: F401  (registers every method)
-from infoflow.analyses import _ANALYSIS_MODULES, ANALYSES
-from infoflow.attribution.base import METHODS
+from infoflow.analyses import ANALYSES
+from infoflow.attribution import METHODS
 from infoflow.data.base import ImageDataModule
 from infoflow.models.zoo import MODELS
-from infoflow.tasks import _TASK_MODULES, TASKS
-
-for _module in (*_TASK_MODULES, *_ANALYSIS_MODULES):  # what train.py / evaluate.py import to register them
-    importlib.import_module(_module)
+from infoflow.tasks import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: config groups selected by each primary config (hydra/launcher is a Hydra group, composed from train);

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from infoflow.analyses import run_analysis
-from infoflow.attribution.base import METHODS
+from infoflow.attribution import METHODS
 from infoflow.data.shapes import ShapesDataModule
 from infoflow.iba.estimator import fit_estimator
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics

@@ -12,11 +12,12 @@ from conftest import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from infoflow.analyses.evaluation import AttributionEvaluation, MetricSettings, evaluation_loader
+from infoflow.analyses.attribution_metrics import AttributionEvaluation, MetricSettings
+from infoflow.analyses.sharded_images import evaluation_loader
 from infoflow.analyses.table1 import CONF_DIR, _method_factory, method_config, row_configs
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.data.shapes import ShapesDataModule
-from infoflow.models.pretrained import train_shapesnet
+from infoflow.tasks.default_weights import train_shapesnet
 
 #: tiny sizes shared by the end-to-end runs
 TINY = [

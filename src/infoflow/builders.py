@@ -11,7 +11,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from infoflow.attribution.base import METHODS, Attribution
+from infoflow.attribution import METHODS, Attribution
 from infoflow.data.base import ImageDataModule
 from infoflow.models.pretrained import default_weights_version
 from infoflow.models.zoo import ZooModel, get_model
@@ -77,13 +77,12 @@ OmegaConf.register_new_resolver("cache_path", _cache_path_resolver, replace=True
 
 
 def build_method(cfg: DictConfig, model: ZooModel, dm: ImageDataModule | None = None) -> Attribution:
-    """The attribution method `cfg.method` for `model`, fitted on the data's training split when needed."""
-    import infoflow.attribution.registered  # noqa: F401  (imports every method module)
-
+    """The attribution method `cfg.method` for `model`; a method that `requires_fit` is fitted on the data's
+    training split (the only case in which the training split is set up: evaluation needs no ``train/``)."""
     kwargs = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(kwargs, dict)
     method = METHODS.get(kwargs.pop("name"))(model, **kwargs)
-    if dm is not None:
+    if dm is not None and method.requires_fit:
         dm.setup("fit")
         method.fit(dm.train_dataloader())
     return method

@@ -1,9 +1,15 @@
-"""Name -> factory registries with errors that list the valid names (timm-style)."""
+"""Name -> factory registries with errors that list the valid names (timm-style).
+
+The one plug-in mechanism for models, methods, tasks and analyses: a module registers what it defines with
+the `Registry.register` decorator, and its package ``__init__`` imports the package's modules, so importing
+the package fills the registry (e.g. ``import infoflow.attribution`` gives every method in `METHODS`).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from infoflow.errors import ConfigError
 
@@ -23,17 +29,20 @@ class Registry(Generic[T]):
     >>> MODELS = Registry("model")
     >>> @MODELS.register("tiny")
     ... def tiny(): ...
+
+    A factory registered with keyword ``presets`` is stored as ``functools.partial(factory, **presets)``:
+    stacked decorators register one class under several names (e.g. LRP with two rules).
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **presets: Any) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._items[name] = obj
+            self._items[name] = functools.partial(obj, **presets) if presets else obj  # type: ignore[assignment]
             return obj
 
         return decorator
@@ -47,6 +56,9 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -1,8 +1,11 @@
-"""`evaluate.py` analyses by name: each is ``run(cfg) -> dict of summary values``."""
+"""`evaluate.py` analyses by name: each is ``run(cfg) -> dict of summary values``.
+
+Each analysis module registers its ``run`` with ``@ANALYSES.register(name)``; importing this package imports
+them all, so `ANALYSES` is complete.
+"""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +15,9 @@ from infoflow.registry import Registry
 
 ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis")
 
-#: modules whose import registers the analyses
-_ANALYSIS_MODULES = ("infoflow.analyses.heatmaps", "infoflow.analyses.layerwise", "infoflow.analyses.coherency",
-                     "infoflow.analyses.table1")
-
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
-    for module in _ANALYSIS_MODULES:
-        importlib.import_module(module)
     return ANALYSES.get(cfg.analysis.name)(cfg)
+
+
+from infoflow.analyses import coherency, heatmaps, layerwise, table1  # noqa: E402,F401

@@ -41,8 +41,8 @@ from infoflow.discarding import (
     object_mask,
     resolve_layers,
 )
+from infoflow.discarding.decoder import TRAIN_COMMAND
 from infoflow.models.zoo import ZooModel, get_model
-from infoflow.tasks.decoder import TRAIN_COMMAND
 from infoflow.utils.tables import to_markdown_table
 from infoflow.viz import plot_curves, plot_grid
 

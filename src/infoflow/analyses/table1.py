@@ -25,15 +25,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses import ANALYSES
+from infoflow.analyses.attribution_metrics import AttributionEvaluation, MetricSettings
 from infoflow.analyses.common import evaluation_batches, log_results, output_dir, provenance
-from infoflow.analyses.evaluation import (
-    AttributionEvaluation,
-    MetricSettings,
-    evaluation_loader,
-)
-from infoflow.attribution.base import Attribution
+from infoflow.analyses.sharded_images import evaluation_loader
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.data.base import ImageDataModule
+from infoflow.interface import Attribution
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.tables import to_markdown_table, write_markdown
 from infoflow.viz import plot_curves, plot_grid

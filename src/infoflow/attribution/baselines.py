@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -31,7 +30,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from infoflow.attribution.base import METHODS, Attribution
+from infoflow.interface import METHODS, Attribution
 from infoflow.models.zoo import ZooModel
 
 Reduction = Literal["sum", "mean", "max-abs", "sum-abs"]
@@ -85,6 +84,7 @@ class FrozenAttribution(Attribution):
             return super().attribute(inputs, target).detach()
 
 
+@METHODS.register("random")
 class Random(FrozenAttribution):
     """Uniform noise in [0, 1), (N, H, W): the naive baseline.
 
@@ -106,8 +106,6 @@ class Random(FrozenAttribution):
             maps.append(torch.rand((h, w), generator=generator))
         return torch.stack(maps).to(inputs.device)
 
-
-METHODS.register("random")(Random)
 
 
 class CaptumAttribution(FrozenAttribution):
@@ -154,6 +152,7 @@ class CaptumAttribution(FrozenAttribution):
         return reduce_channels(attribution, self.reduce)
 
 
+@METHODS.register("smoothgrad")
 class SmoothGrad(FrozenAttribution):
     """SmoothGrad (Smilkov et al. 2017): the mean input gradient over noisy copies of each image.
 
@@ -196,8 +195,6 @@ class SmoothGrad(FrozenAttribution):
         return grads.view(self.samples, *inputs.shape).mean(0).sum(1)
 
 
-METHODS.register("smoothgrad")(SmoothGrad)
-
 
 def default_gradcam_layer(model: ZooModel) -> str:
     """The output of the last convolutional stage: VGG/AlexNet ``features[-1]`` (the last max-pool, as in
@@ -208,6 +205,8 @@ def default_gradcam_layer(model: ZooModel) -> str:
     return model.layer_path(model.conv_layers()[-1])
 
 
+@METHODS.register("occlusion-14", patch=14)
+@METHODS.register("occlusion-8", patch=8)
 def occlusion(model: ZooModel, patch: int, perturbations_per_eval: int = 16) -> Attribution:
     """Occlusion (Zeiler & Fergus 2014): the drop of the target logit when a patch x patch tile (stride = patch,
     border tiles clipped) is replaced by the per-image channel mean; unit: logits.
@@ -224,9 +223,6 @@ def occlusion(model: ZooModel, patch: int, perturbations_per_eval: int = 16) -> 
         perturbations_per_eval=perturbations_per_eval,
     )
 
-
-METHODS.register("occlusion-8")(partial(occlusion, patch=8))
-METHODS.register("occlusion-14")(partial(occlusion, patch=14))
 
 
 @METHODS.register("gradient")

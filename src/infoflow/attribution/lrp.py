@@ -11,7 +11,6 @@ removed after every call, which restores the model's parameters exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Literal
 
 import torch
@@ -24,8 +23,8 @@ from zennit.rules import AlphaBeta, Epsilon, Flat, ZBox
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Linear as LinearLike
 
-from infoflow.attribution.base import METHODS
 from infoflow.attribution.baselines import FrozenAttribution
+from infoflow.interface import METHODS
 from infoflow.models.cifar_resnet import BasicBlock
 from infoflow.models.zoo import ZooModel
 
@@ -68,6 +67,8 @@ def _per_channel(bound: Bound, fallback: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(bound, dtype=fallback.dtype, device=fallback.device).view(1, -1, 1, 1)
 
 
+@METHODS.register("lrp-eps5", rule="epsilon", epsilon=5.0)
+@METHODS.register("lrp-a1b0", rule="alpha-beta", alpha=1.0, beta=0.0)
 class LRP(FrozenAttribution):
     """LRP with one `rule` for all conv/dense layers; relevance summed over channels, unit: logits.
 
@@ -126,6 +127,3 @@ class LRP(FrozenAttribution):
             (relevance,) = torch.autograd.grad(logits, x, grad_outputs=output_relevance)
         return relevance.sum(1)
 
-
-METHODS.register("lrp-a1b0")(partial(LRP, rule="alpha-beta", alpha=1.0, beta=0.0))
-METHODS.register("lrp-eps5")(partial(LRP, rule="epsilon", epsilon=5.0))

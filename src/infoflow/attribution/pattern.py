@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from infoflow.attribution.base import METHODS
 from infoflow.attribution.baselines import FrozenAttribution, reduce_channels
+from infoflow.interface import METHODS
 from infoflow.models.zoo import ZooModel
 
 SUPPORTED = "sequential Conv2d/Linear (+BatchNorm) / ReLU / pooling networks: VGG, AlexNet, ShapesNet"
@@ -145,12 +145,15 @@ def run_chain(
     return x
 
 
+@METHODS.register("pattern-attribution")
 class PatternAttribution(FrozenAttribution):
     """PatternAttribution; call `fit` on data before `attribute`.
 
     Args:
         max_batches: fit on at most this many batches (None: the whole dataloader).
     """
+
+    requires_fit = True
 
     def __init__(self, model: ZooModel, max_batches: int | None = None) -> None:
         super().__init__(model)
@@ -223,5 +226,3 @@ def _pattern(weight: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.Tensor:
     defined = (s["n"] > 1) & (denominator.abs() > 1e-12)
     return cov.mul_(torch.where(defined, 1 / denominator, 0.0).view(shape))
 
-
-METHODS.register("pattern-attribution")(PatternAttribution)

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infoflow.attribution.base import METHODS, Attribution
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
+from infoflow.interface import METHODS, Attribution
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 
@@ -60,6 +60,7 @@ def draw_noise(shape: tuple[int, ...], generators: list[torch.Generator] | None,
     return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generators])
 
 
+@METHODS.register("iba")
 class PerSampleIBA(Attribution):
     """Per-Sample Bottleneck attribution at one layer; heatmaps in bits per pixel.
 
@@ -76,6 +77,7 @@ class PerSampleIBA(Attribution):
     """
 
     unit = "bits/pixel"
+    requires_fit = True
 
     def __init__(
         self,
@@ -172,7 +174,3 @@ class PerSampleIBA(Attribution):
         prob_with = F.softmax(logits.detach(), 1).gather(1, t_rep[:, None]).view(n, k).mean(1)
         return capacity_to_heatmap(cap, tuple(x.shape[-2:])), cap, prob_with, prob_without
 
-
-@METHODS.register("iba")
-def _per_sample_iba(model: ZooModel, **kwargs) -> PerSampleIBA:
-    return PerSampleIBA(model, **kwargs)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from infoflow.attribution.base import METHODS, Attribution, as_target
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError
 from infoflow.iba.per_sample import IBAResult
+from infoflow.interface import METHODS, Attribution, as_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.checkpoint import load_file

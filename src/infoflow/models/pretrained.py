@@ -2,11 +2,13 @@
 
 Like torchvision's weights, they are fetched (here: trained, with a progress bar, in a few minutes on
 a CPU) the first time they are asked for and then loaded from ``$INFOFLOW_CACHE`` (default
-``~/.cache/infoflow``).
+``~/.cache/infoflow``). Training needs Lightning and the classifier task, which sit above the model zoo:
+`TRAINER` names the function by its dotted path, imported only when the weights are not cached.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import torch
 
 from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
 
+#: ``module:function`` that trains the default weights: ``train(num_classes) -> state dict``
+TRAINER = "infoflow.tasks.default_weights:train_shapesnet"
 #: bump when the default data, model or recipe change, so stale caches are not reused
 SHAPESNET_RECIPE = {"version": 3, "epochs": 12, "lr": 4e-3, "seed": 0, "batch_size": 64}
 
@@ -27,7 +31,8 @@ def shapesnet_default_state_dict(num_classes: int = 4) -> dict[str, torch.Tensor
     path = cache_dir() / f"shapesnet-c{num_classes}-{default_weights_version()}.pt"
     if not path.is_file():
         print(f"[infoflow] training the default shapesnet on the built-in shapes data (first use; cached at {path})")
-        atomic_save(train_shapesnet(num_classes), path)
+        module, function = TRAINER.split(":")
+        atomic_save(getattr(importlib.import_module(module), function)(num_classes), path)
     return load_state_dict_file(path)
 
 
@@ -41,25 +46,3 @@ def default_weights_version() -> str:
     settings = [shapes.SHAPE_NAMES, shapes.OBJECT_SCALE, shapes.NUM_DISTRACTORS, shapes.MIN_CONTRAST,
                 shapes.NOISE_STD, shapes.BACKGROUND_RANGE, SHAPESNET_RECIPE]
     return f"v{SHAPESNET_RECIPE['version']}-{hashlib.sha1(repr(settings).encode()).hexdigest()[:8]}"
-
-
-def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
-    """Train ShapesNet on the default ShapesDataModule with Lightning; return its state dict."""
-    import pytorch_lightning as pl
-
-    from infoflow.data.shapes import ShapesDataModule
-    from infoflow.models.shapesnet import ShapesNet
-    from infoflow.tasks.classifier import ClassifierModule
-
-    recipe = {**SHAPESNET_RECIPE, **overrides}
-    pl.seed_everything(recipe["seed"], workers=True, verbose=False)
-    data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"])
-    module = ClassifierModule(ShapesNet(num_classes), num_classes, lr=recipe["lr"])
-    trainer = pl.Trainer(
-        max_epochs=recipe["epochs"], accelerator="auto", devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, deterministic=True,
-    )
-    trainer.fit(module, datamodule=data)
-    acc = trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"]
-    print(f"[infoflow] default shapesnet: test accuracy {acc:.3f}")
-    return {k: v.detach().cpu() for k, v in module.model.state_dict().items()}

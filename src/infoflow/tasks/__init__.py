@@ -1,8 +1,11 @@
-"""`train.py` tasks by name: each is ``run(cfg) -> dict of final metrics``."""
+"""`train.py` tasks by name: each is ``run(cfg) -> dict of final metrics``.
+
+Each task module registers its ``run`` with ``@TASKS.register(name)``; importing this package imports
+them all, so `TASKS` is complete.
+"""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +15,9 @@ from infoflow.registry import Registry
 
 TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
 
-#: modules whose import registers the tasks
-_TASK_MODULES = (
-    "infoflow.tasks.classifier",
-    "infoflow.tasks.readout",
-    "infoflow.tasks.decoder",
-    "infoflow.tasks.prune",
-    "infoflow.tasks.distill",
-)
-
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
-    for module in _TASK_MODULES:
-        importlib.import_module(module)
     return TASKS.get(cfg.task.name)(cfg)
+
+
+from infoflow.tasks import classifier, decoder, default_weights, distill, prune, readout  # noqa: E402,F401

@@ -13,12 +13,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
-from infoflow.discarding import LayerDecoder, MissingDecoderError, decoder_path
+from infoflow.discarding import LayerDecoder, decoder_path
 from infoflow.tasks import TASKS
-
-#: the command that trains a missing decoder (format fields: model, layer, weights)
-TRAIN_COMMAND = "python train.py task=decoder model={model} layer={layer} weights={weights}"
-MissingDecoderError.hint = f"Train one with: {TRAIN_COMMAND}"
 
 
 @TASKS.register("decoder")

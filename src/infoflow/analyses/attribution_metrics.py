@@ -18,72 +18,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 
-from infoflow.attribution.base import METHODS, Attribution
-from infoflow.data.base import ImageDataModule
+from infoflow.interface import Attribution
 from infoflow.metrics import BoundingBoxRatio, Degradation, SanitySSIM, SensitivityN, cascading_sanity_check
 from infoflow.models.zoo import ZooModel
 
 #: builds a method for a model: ``make(label, model, for_sanity) -> Attribution`` (fitted)
 MethodFactory = Callable[[str, ZooModel, bool], Attribution]
-
-
-class GroundTruth(Attribution):
-    """Oracle: the batch's object mask (``key``: ``mask`` or ``box_mask``) as the attribution, (N, H, W) 0/1.
-
-    It needs the batch, not only the images: evaluate it with `attribute_batch`.
-    """
-
-    unit = "mask"
-
-    def __init__(self, model: ZooModel, key: str = "mask") -> None:
-        super().__init__(model)
-        self.key = key
-
-    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise TypeError(f"ground-truth reads the batch's {self.key!r}: use attribute_batch(method, batch, target)")
-
-
-METHODS.register("ground-truth")(GroundTruth)
-
-
-def attribute_batch(method: Attribution, batch: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) maps of `method` for the batch's images (the oracle reads the batch's mask)."""
-    if isinstance(method, GroundTruth):
-        if method.key not in batch:
-            raise KeyError(f"ground-truth needs {method.key!r} in the batches; this data has {sorted(batch)}")
-        return batch[method.key].float()
-    return method.attribute(batch["image"], target)
-
-
-class _Indexed(Dataset):
-    """The first `size` items of `dataset`, each with its ``index`` (int64)."""
-
-    def __init__(self, dataset: Any, size: int) -> None:
-        self.dataset, self.size = dataset, min(size, len(dataset))
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.dataset[i], "index": torch.tensor(i)}
-
-
-def evaluation_loader(dm: ImageDataModule, num_images: int) -> DataLoader:
-    """The first `num_images` test images in the test loader's batches; under torch.distributed each process
-    gets a disjoint, unpadded share (Lightning keeps a DistributedSampler it is given)."""
-    dm.setup("test")
-    base = dm.test_dataloader()
-    data = _Indexed(base.dataset, num_images)
-    sampler = UnrepeatedDistributedSampler(data, shuffle=False) if dist.is_available() and dist.is_initialized() \
-        else None
-    return DataLoader(data, batch_size=base.batch_size, sampler=sampler, num_workers=base.num_workers,
-                      collate_fn=base.collate_fn)
 
 
 @dataclass
@@ -176,7 +119,7 @@ class AttributionEvaluation(pl.LightningModule):
         for label, method in self.methods.items():
             start = time.perf_counter()
             with torch.enable_grad():
-                maps = attribute_batch(method, batch, target)
+                maps = method.attribute_batch(batch, target)
             if maps.is_cuda:
                 torch.cuda.synchronize(maps.device)
             seconds = time.perf_counter() - start
@@ -189,7 +132,7 @@ class AttributionEvaluation(pl.LightningModule):
                     metric.update(x, target, maps, drops=drops[name])
                 elif name == "bbox":
                     metric.update(maps, batch["box_mask"])
-            if "sanity" in self.scores[label] and sanity.any() and not isinstance(method, GroundTruth):
+            if "sanity" in self.scores[label] and sanity.any() and method.images_only:
                 self._sanity(label, x[sanity], target[sanity])
 
     def _sanity(self, label: str, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -223,5 +166,5 @@ class AttributionEvaluation(pl.LightningModule):
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in self.grid_batch.items()}
             self.grid_target = self._target(batch)
             with torch.enable_grad():
-                self.grid_maps = {label: attribute_batch(m, batch, self.grid_target).detach().cpu()
+                self.grid_maps = {label: m.attribute_batch(batch, self.grid_target).detach().cpu()
                                   for label, m in self.methods.items()}

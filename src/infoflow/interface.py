@@ -1,9 +1,13 @@
-"""One small interface for every attribution method: ``attribute(inputs, target) -> (N, H, W)``."""
+"""The contract every attribution method implements, and the registry that names them.
+
+``attribute(inputs, target) -> (N, H, W)`` for methods that read only the images; ``attribute_batch(batch,
+target)`` for every method (the ground-truth oracle reads the batch's mask). The method modules
+(`infoflow.attribution`, `infoflow.iba`) sit above this module and register into `METHODS` on import.
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -12,14 +16,21 @@ from infoflow.models.zoo import ZooModel
 from infoflow.registry import Registry
 
 
-class Attribution(ABC):
+class Attribution:
     """An attribution method for one zoo model (Captum-style).
 
-    Subclasses implement `_attribute`; `attribute` validates the inputs first.
+    Subclasses implement `_attribute` (maps from images) or, when they read more of the batch than its
+    images, override `attribute_batch`. `attribute` validates the inputs first.
     """
 
     #: unit of the heatmap values, shown on colour bars and in tables
     unit: str = "a.u."
+    #: whether `fit` estimates something from training data (IBA's feature statistics, PatternAttribution's
+    #: patterns); `infoflow.builders.build_method` sets up the training split only for these
+    requires_fit: bool = False
+    #: whether the maps come from the images alone (`attribute` works); False for methods that read more of
+    #: the batch (the ground-truth oracle), which checks that re-attribute images (sanity) leave out
+    images_only: bool = True
 
     def __init__(self, model: ZooModel) -> None:
         self.model = model
@@ -47,8 +58,17 @@ class Attribution(ABC):
         self.model.check_target(target)
         return self._attribute(inputs, target)
 
-    @abstractmethod
-    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def attribute_batch(self, batch: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) maps for a batch of the datamodule format (``image`` (N, C, H, W), ``label``, masks...).
+
+        The entry point that works for every method; by default the maps of ``batch["image"]``."""
+        return self.attribute(batch["image"], target)
+
+    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Maps (N, H, W) from validated images (N, C, H, W) and targets (N,): the hook of image-only methods."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not attribute images alone: call attribute_batch(batch, target)"
+        )
 
 
 def as_target(target: torch.Tensor | int | list[int], n: int, device: torch.device) -> torch.Tensor:
