@@ -1,0 +1,72 @@
+"""The plug-in mechanism and the method contract: registries fill themselves on import, `requires_fit`
+decides whether the training split is needed, and every method answers `attribute_batch`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_layouts import make_imagenet
+from omegaconf import OmegaConf
+
+from infoflow.attribution import METHODS
+from infoflow.builders import build_method
+from infoflow.data.imagefolder import ImageNetDataModule
+from infoflow.models.zoo import get_model
+
+ROOT = Path(__file__).resolve().parents[1]
+#: every method of the project, by registry name
+ALL_METHODS = {"random", "occlusion-8", "occlusion-14", "gradient", "saliency", "smoothgrad", "integrated-gradients",
+               "guided-backprop", "lrp-a1b0", "lrp-eps5", "gradcam", "guided-gradcam", "pattern-attribution", "iba",
+               "readout", "ground-truth"}
+
+
+def test_importing_attribution_alone_registers_every_method_without_lightning() -> None:
+    code = ("import sys, infoflow.attribution as a; "
+            "print(','.join(a.METHODS.names())); print('pytorch_lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""}).stdout.split()
+    assert set(out[0].split(",")) == ALL_METHODS and out[1] == "False"
+
+
+def test_only_methods_that_estimate_from_data_require_fit() -> None:
+    model = get_model("shapesnet", weights="none")
+    fitted = {name for name in ALL_METHODS - {"readout"}
+              if getattr(METHODS.get(name)(model, **({"layer": "conv3"} if name == "iba" else {})), "requires_fit")}
+    assert fitted == {"iba", "pattern-attribution"}
+
+
+def _val_only_imagenet(tmp_path: Path) -> ImageNetDataModule:
+    root = make_imagenet(tmp_path / "in", wnids=("n01", "n02"), n_train=0, n_val=2, with_xml=False)
+    for wnid in ("n01", "n02"):
+        (root / "train" / wnid).rmdir()
+    (root / "train").rmdir()
+    return ImageNetDataModule(str(root), image_size=32, resize=36, batch_size=4, num_workers=0)
+
+
+def test_a_method_without_fit_needs_no_training_split(tmp_path: Path) -> None:
+    """ImageNet with only val/ on disk (train/ is optional): gradient builds and explains; IBA, which
+    estimates feature statistics on the training split, names the missing folder."""
+    dm = _val_only_imagenet(tmp_path)
+    model = get_model("shapesnet", weights="none", num_classes=dm.num_classes, input_size=dm.input_size)
+    method = build_method(OmegaConf.create({"method": {"name": "gradient"}}), model, dm)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    maps = method.attribute_batch(batch, batch["label"])
+    assert maps.shape == (4, 32, 32) and torch.isfinite(maps).all()
+    with pytest.raises(FileNotFoundError, match="train"):
+        build_method(OmegaConf.create({"method": {"name": "iba", "layer": "conv3", "estimator_samples": 4}}), model, dm)
+
+
+def test_ground_truth_reads_the_batch_and_attribute_batch_defaults_to_attribute() -> None:
+    model = get_model("shapesnet", weights="none")
+    x = torch.randn(2, 3, 64, 64)
+    mask = (torch.rand(2, 64, 64) > 0.5).long()
+    batch = {"image": x, "label": torch.tensor([0, 1]), "mask": mask}
+    truth = METHODS.get("ground-truth")(model)
+    assert torch.equal(truth.attribute_batch(batch, batch["label"]), mask.float()) and not truth.images_only
+    gradient = METHODS.get("gradient")(model)
+    torch.testing.assert_close(gradient.attribute_batch(batch, batch["label"]), gradient.attribute(x, batch["label"]))
