@@ -55,22 +55,51 @@ def plot_grid(
     path: str | Path,
     provenance: str = "",
     row_titles: Sequence[str] | None = None,
+    units: str | dict[str, str] = "",
 ) -> Path:
-    """Grid: one row per image (N, 3, H, W), the image then one column per method's maps (N, H, W)."""
+    """Grid: one row per image (N, 3, H, W), the image then one column per method's maps (N, H, W).
+
+    `units` as one string: the maps share one unit, so the whole figure has one colour scale and one bar;
+    as a dict column -> unit: each column (a method) has its own scale, shared by its images, and its bar.
+    """
     n, cols = images.shape[0], 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n + 0.7), squeeze=False)
+    arrays = {name: m.detach().float().cpu().numpy() for name, m in maps.items()}
+    shared = isinstance(units, str)
+    if shared and arrays:
+        lo, hi = _limits(np.stack(list(arrays.values())))
     for i in range(n):
         axes[i, 0].imshow(_rgb(images[i]))
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=6)
-        for j, (name, m) in enumerate(maps.items(), start=1):
-            axes[i, j].imshow(m[i].detach().float().cpu().numpy(), cmap="jet")
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=7, rotation=30)
+    for j, (name, m) in enumerate(arrays.items(), start=1):
+        if not shared:
+            lo, hi = _limits(m)
+        for i in range(n):
+            im = axes[i, j].imshow(m[i], cmap="jet", vmin=lo, vmax=hi)
+        axes[0, j].set_title(name, fontsize=7, rotation=30)
+        if not shared:
+            _colorbar(fig, im, axes[:, j], units.get(name, ""), 6)
+    if shared and arrays:
+        _colorbar(fig, im, axes[:, 1:], units, 8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     return save_figure(fig, path, provenance)
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    """Finite (min, max) of `values`, widened when equal (so a constant map still gets a scale)."""
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def _colorbar(fig: plt.Figure, im: matplotlib.image.AxesImage, axes: np.ndarray, unit: str, fontsize: int) -> None:
+    """A horizontal colour bar under `axes`, labelled with `unit`."""
+    bar = fig.colorbar(im, ax=list(np.ravel(axes)), orientation="horizontal", fraction=0.04, pad=0.02)
+    bar.set_label(unit or "a.u.", fontsize=fontsize)
+    bar.ax.tick_params(labelsize=fontsize - 1)
 
 
 def plot_curves(

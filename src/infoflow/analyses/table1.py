@@ -1,15 +1,18 @@
 """``python evaluate.py experiment=table1``: every attribution method x the paper's metrics (its Table 1).
 
-Rows come from ``analysis.rows``: a table label -> a method config of ``conf/method`` (``method``) plus
-overrides of its factory kwargs (e.g. IBA at beta 1, 10, 100). The methods x metrics run as a Lightning
+Rows come from ``analysis.rows``: a table label -> a method config of ``conf/method`` (composed with the
+run by the defaults list of ``conf/analysis/table1.yaml``) with overrides of its kwargs (e.g. IBA at beta
+1, 10, 100). The methods x metrics run as a Lightning
 test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes into the run directory
 (each figure carries the resolved config; ``config.yaml`` sits next to the tables) and to W&B:
-- ``table1.csv`` / ``table1.md``: a row per method; degradation score (area between LeRF and MoRF) at each
-  tile size and the bounding-box ratio (when the data has ``box_mask``), per model; plus t1, b, the mean
-  Sensitivity-n correlation, the mean sanity SSIM and the attribution's wall seconds per image in the CSV;
+- ``table1.csv`` / ``table1.md`` (also printed): a row per method; degradation score (area between LeRF and
+  MoRF) at each tile size, the bounding-box ratio (when the data has ``box_mask``), the mean Sensitivity-n
+  correlation per tile size, the mean sanity SSIM and the attribution's milliseconds per image; plus t1 and b
+  in the CSV;
 - ``curves.csv`` and ``degradation_<tile>.png`` (mean MoRF/LeRF per method, figs. 7, 11, 12),
   ``sensitivity_<tile>.png`` (fig. 6), ``sanity_ssim.png`` (SSIM per randomised layer);
-- ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8).
+- ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8), one colour scale and labelled
+  bar (the method's unit) per method.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from typing import Any
 import hydra
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses import ANALYSES
@@ -32,36 +33,25 @@ from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.data.base import ImageDataModule
 from infoflow.interface import Attribution
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.tables import to_markdown_table, write_markdown
+from infoflow.utils.tables import print_table, write_markdown
 from infoflow.viz import plot_curves, plot_grid
-
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-
-
-def method_config(name: str) -> DictConfig:
-    """The unresolved config ``conf/method/<name>.yaml`` (interpolations resolve against the run's config)."""
-    if GlobalHydra.instance().is_initialized():
-        composed = compose(config_name="evaluate", overrides=[f"method={name}"])
-    else:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            composed = compose(config_name="evaluate", overrides=[f"method={name}"])
-    return composed.method
 
 
 def row_configs(cfg: DictConfig, dm: ImageDataModule) -> dict[str, DictConfig]:
-    """Run configs (``cfg`` with its ``method`` replaced) for each row of ``analysis.rows`` that applies:
+    """Run configs (``cfg`` with its ``method`` replaced) for each row of ``analysis.rows`` that applies.
+
+    The rows' method configs are composed with the run (the ``defaults`` of ``conf/analysis/table1.yaml``).
     ``analysis.only`` (if set) selects rows; a row with ``requires: KEY`` runs only when ``cfg.KEY`` is set;
     the ground-truth oracle only when the data has its mask."""
     out = {}
     for label, row in cfg.analysis.rows.items():
         if cfg.analysis.only is not None and label not in cfg.analysis.only:
             continue
-        row = OmegaConf.to_container(row)
-        assert isinstance(row, dict)
-        required = row.pop("requires", None)
+        method = row.copy()
+        OmegaConf.set_struct(method, False)
+        required = method.pop("requires", None)
         if required is not None and cfg.get(required) is None:
             continue
-        method = OmegaConf.merge(method_config(row.pop("method")), row)
         key = method.get("key")
         if method.name == "ground-truth" and not (dm.has_masks if key == "mask" else dm.has_boxes):
             continue
@@ -141,14 +131,16 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
             row[f"{tag} bbox ratio"] = extra["bbox_ratio"] = float(r["bbox"])
         extra["seconds_per_image"] = float(r["seconds"])
         for tile, s in r["sensitivity"].items():
-            extra[f"sensitivity_{tile}_mean"] = float(s.correlation.mean())
+            row[f"Sensitivity-n {tile}x{tile} (mean over n)"] = extra[f"sensitivity_{tile}_mean"] = \
+                float(s.correlation.mean())
             curves += [{"method": label, "curve": f"sensitivity_{tile}", "x": float(n), "y": float(c)}
                        for n, c in zip(s.n, s.correlation, strict=True)]
         if "sanity" in r:
             layers, ssim = r["sanity"]
-            extra["sanity_ssim_mean"] = float(ssim.nanmean())
+            row["sanity SSIM (mean)"] = extra["sanity_ssim_mean"] = float(ssim.nanmean())
             curves += [{"method": label, "curve": "sanity_ssim", "x": float(i), "y": float(v), "layer": layer}
                        for i, (layer, v) in enumerate(zip(layers, ssim, strict=True))]
+        row["ms per image"] = 1000 * extra["seconds_per_image"]
         table.append(row)
         full.append(extra)
     table_df, full_df = pd.DataFrame(table), pd.DataFrame(full)
@@ -157,7 +149,7 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
             f"test images of `{cfg.data._target_.rsplit('.', 1)[-1]}`, model `{cfg.model.name}` "
             f"(weights `{cfg.weights}`). Config: `config.yaml`.")
     write_markdown(table_df, out / "table1.md", "Table 1", note)
-    print(to_markdown_table(table_df))
+    print_table(table_df, "Table 1")
     figures = plot_all(cfg, curves_df, out, prov) + [heatmap_grid(dm, module, out, prov)]
     summary = {f"{r['method']}/{k}": v for r in full for k, v in r.items() if isinstance(v, float)}
     log_results(cfg, {"table1": full_df, "curves": curves_df}, {"table1_figures": figures}, summary)
@@ -194,4 +186,5 @@ def heatmap_grid(dm: ImageDataModule, module: AttributionEvaluation, out: Path, 
     assert module.grid_batch is not None and module.grid_target is not None
     names = [dm.class_names[int(t)] for t in module.grid_target]
     images = dm.denormalize(module.grid_batch["image"]).cpu()
-    return plot_grid(images, module.grid_maps, out / "heatmaps_grid.png", prov, names)
+    units = {label: module.methods[label].unit for label in module.grid_maps}
+    return plot_grid(images, module.grid_maps, out / "heatmaps_grid.png", prov, names, units)

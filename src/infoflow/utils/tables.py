@@ -1,10 +1,12 @@
-"""Tables written atomically as CSV and markdown."""
+"""Tables written atomically as CSV and markdown, and printed with rich."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 from infoflow.utils.checkpoint import atomic_write
 
@@ -28,3 +30,13 @@ def to_markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def print_table(df: pd.DataFrame, title: str = "", floatfmt: str = ".3f") -> None:
+    """Print `df` to the terminal as a rich table (floats with `floatfmt`)."""
+    table = Table(title=title or None)
+    for column in df.columns:
+        table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(df[column]) else "left")
+    for row in df.itertuples(index=False):
+        table.add_row(*(format(v, floatfmt) if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
