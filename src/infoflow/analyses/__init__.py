@@ -18,6 +18,11 @@ _ANALYSIS_MODULES = ("infoflow.analyses.heatmaps", "infoflow.analyses.layerwise"
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
+    """Run the analysis ``cfg.analysis.name`` after checking the settings (before any work)."""
+    from infoflow.analyses.common import check_settings
+
     for module in _ANALYSIS_MODULES:
         importlib.import_module(module)
-    return ANALYSES.get(cfg.analysis.name)(cfg)
+    analysis = ANALYSES.get(cfg.analysis.name)
+    check_settings(cfg)
+    return analysis(cfg)

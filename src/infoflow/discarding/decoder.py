@@ -34,19 +34,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoflow.discarding.features import LayerFeatures, model_fingerprint
+from infoflow.errors import UserError
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.checkpoint import atomic_save, load_file
 
+#: the command that trains a missing decoder (format fields: model, layer, weights)
+TRAIN_COMMAND = "python train.py task=decoder model={model} layer={layer} weights={weights}"
 
-class MissingDecoderError(LookupError):
+
+class MissingDecoderError(UserError, LookupError):
     """No trained decoder for a layer.
 
     The message names the model, the layer and the file looked for, followed by `hint`, a format string
-    with ``{model}``, ``{layer}``, ``{weights}`` and ``{path}`` that the training entry point may set to its
-    command line.
+    with ``{model}``, ``{layer}``, ``{weights}`` and ``{path}``: the command that trains one.
     """
 
-    hint: ClassVar[str] = "Train one with infoflow.discarding.decoder.LayerDecoder first."
+    hint: ClassVar[str] = f"Train one with: {TRAIN_COMMAND}"
 
     def __init__(
         self, layer: str, model: str = "?", weights: str = "?", path: Path | str | None = None

@@ -1,16 +1,16 @@
-"""`train.py` tasks by name: each is ``run(cfg) -> dict of final metrics``."""
+"""`train.py` tasks by name: each is a `TrainingTask` subclass that `run_task` runs in the one skeleton."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
+from infoflow.tasks.skeleton import TrainingTask, run_training
 
-TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
+TASKS: Registry[type[TrainingTask]] = Registry("task")
 
 #: modules whose import registers the tasks
 _TASK_MODULES = (
@@ -23,6 +23,7 @@ _TASK_MODULES = (
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
+    """Run the task ``cfg.task.name`` (see `infoflow.tasks.skeleton`); return its final metrics."""
     for module in _TASK_MODULES:
         importlib.import_module(module)
-    return TASKS.get(cfg.task.name)(cfg)
+    return run_training(TASKS.get(cfg.task.name)(cfg))
