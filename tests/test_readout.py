@@ -20,11 +20,11 @@ from PIL import Image
 from infoflow.analyses import run_analysis
 from infoflow.attribution.base import METHODS
 from infoflow.data.shapes import ShapesDataModule
+from infoflow.errors import ConfigError, DataError
 from infoflow.iba.estimator import fit_estimator
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.tasks import run_task
-from infoflow.errors import ConfigError, DataError
 from infoflow.tasks.readout import ReadoutModule
 from infoflow.tasks.skeleton import resume_from
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
-from infoflow.tasks.skeleton import TrainingTask, run_training
+
+if TYPE_CHECKING:  # the skeleton imports Lightning: not needed to fail fast on a bad command line
+    from infoflow.tasks.skeleton import TrainingTask
 
 TASKS: Registry[type[TrainingTask]] = Registry("task")
 
@@ -24,6 +26,8 @@ _TASK_MODULES = (
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     """Run the task ``cfg.task.name`` (see `infoflow.tasks.skeleton`); return its final metrics."""
+    from infoflow.tasks.skeleton import run_training
+
     for module in _TASK_MODULES:
         importlib.import_module(module)
     return run_training(TASKS.get(cfg.task.name)(cfg))
