@@ -214,3 +214,19 @@ def test_evaluate_stops_at_once_on_sigterm_while_preparing_data(tmp_path: Path) 
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in stderr, stderr[-3000:]
     assert time.monotonic() - start < 15
+
+
+def test_layerwise_ru_without_decoders_fails_before_the_sid_work(tmp_path: Path, random_shapesnet: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import infoflow.analyses.layerwise as layerwise
+    from infoflow.discarding import MissingDecoderError
+
+    def no_sid(*args, **kwargs):
+        raise AssertionError("the SID work started before the decoders were checked")
+
+    monkeypatch.setattr(layerwise, "layerwise_sid", no_sid)
+    cfg = compose_cfg("evaluate", tmp_path, "analysis=layerwise", "analysis.ru=true", "analysis.layers=[conv2]",
+                      f"weights={random_shapesnet}", f"analysis.decoder_dir={tmp_path / 'none'}")
+    with pytest.raises(MissingDecoderError, match="python train.py task=decoder model=shapesnet layer=conv2"):
+        run_analysis(cfg)
+    assert user_error_message(MissingDecoderError("conv2", "shapesnet")) is not None  # one line on the CLI

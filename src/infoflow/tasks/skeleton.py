@@ -123,7 +123,7 @@ def _interrupted(trainer: pl.Trainer | None, err: BaseException) -> int | None:
         return err.signum
     if trainer is not None and trainer.received_sigterm:
         return int(signal.SIGTERM)  # Lightning stopped on SIGTERM (SIGTERMException, a SystemExit)
-    if isinstance(err, KeyboardInterrupt) or (trainer is not None and trainer.interrupted):
+    if isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and trainer is not None and trainer.interrupted):
         return int(signal.SIGINT)  # Lightning turns Ctrl-C into sys.exit(1)
     return None
 
