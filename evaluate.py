@@ -1,19 +1,22 @@
 """Evaluate: `python evaluate.py [analysis=heatmaps|...] [method=...] [model=...] [data=...]`.
 
-Writes into Hydra's run directory and prints that directory as its last line.
+Writes into Hydra's run directory and prints that directory as its last line. A user error prints one line
+(``error: ...``) and exits with code 2; SIGTERM/SIGINT stop it at once (exit code 143/130).
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from infoflow.analyses import run_analysis
+from infoflow.utils.entry import reports_user_errors, run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     run_analysis(cfg)
     print(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -1,12 +1,18 @@
-"""Train: `python train.py [task=readout|classifier|decoder|...] [model=...] [data=...] [beta=...]`."""
+"""Train: `python train.py [task=readout|classifier|decoder|...] [model=...] [data=...] [beta=...]`.
+
+A user error prints one line (``error: ...``) and exits with code 2; SIGTERM/SIGINT exit with 143/130 and
+print the command that resumes the run (see `infoflow.utils.entry`).
+"""
 
 import hydra
 from omegaconf import DictConfig
 
 from infoflow.tasks import run_task
+from infoflow.utils.entry import reports_user_errors, run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@reports_user_errors
 def main(cfg: DictConfig) -> float | None:
     metrics = run_task(cfg)
     print(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
@@ -15,4 +21,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -67,8 +67,6 @@ def test_decoder_task_then_layerwise_analysis_with_ru(tmp_path, random_shapesnet
 
 
 def test_missing_decoder_is_an_error_naming_the_command(tmp_path, random_shapesnet):
-    import infoflow.tasks.decoder  # noqa: F401  (sets MissingDecoderError.hint)
-
     model = get_model("shapesnet", str(random_shapesnet), num_classes=4, input_size=(3, 32, 32))
     images = torch.rand(1, 3, 32, 32)
     with pytest.raises(MissingDecoderError, match="python train.py task=decoder model=shapesnet layer=conv3"):

@@ -20,11 +20,13 @@ from PIL import Image
 from infoflow.analyses import run_analysis
 from infoflow.attribution import METHODS
 from infoflow.data.shapes import ShapesDataModule
+from infoflow.errors import ConfigError, DataError
 from infoflow.iba.estimator import fit_estimator
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.tasks import run_task
-from infoflow.tasks.readout import ReadoutModule, resolve_ckpt_path
+from infoflow.tasks.readout import ReadoutModule
+from infoflow.tasks.skeleton import resume_from
 
 SIZE = 32
 READOUTS = ["conv2", "conv3", "conv4", "fc"]
@@ -230,9 +232,10 @@ def test_checkpoint_for_another_model_layer_weights_or_data_is_rejected(
 
 
 def test_bad_beta_and_layers_are_clear_errors(readout: ReadoutBottleneck, zoo: ZooModel, tmp_path: Path) -> None:
-    for beta in (0.0, -1.0):
-        with pytest.raises(ValueError, match="beta must be > 0"):
+    for beta in (-1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="beta must be a finite number >= 0"):
             make_module(readout, tmp_path, beta=beta)
+    assert make_module(readout, tmp_path, beta=0.0).hparams.beta == 0.0  # 0: no information penalty
     with pytest.raises(ValueError, match=r"unknown layer 'conv9'.*valid layers: conv1, conv2, conv3, conv4, fc"):
         ReadoutBottleneck(zoo, "conv3", ["conv2", "conv9"])
     with pytest.raises(ValueError, match=r"unknown layer 'conv7'"):
@@ -248,8 +251,9 @@ def compose_train(tmp_path: Path, *overrides: str):
 
 
 def test_the_task_rejects_bad_beta_layers_and_data_paths(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        run_task(compose_train(tmp_path, "beta=0"))
+    for beta in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="beta must be a finite number >= 0"):
+            run_task(compose_train(tmp_path, f"beta={beta}"))
     with pytest.raises(ValueError, match=r"unknown layer 'conv9'.*valid layers: conv1, conv2"):
         run_task(compose_train(tmp_path, "task.readout_layers=[conv2,conv9]"))
     missing = tmp_path / "no-such-folder"
@@ -260,18 +264,20 @@ def test_the_task_rejects_bad_beta_layers_and_data_paths(tmp_path: Path) -> None
         run_task(compose_train(tmp_path, "data=imagefolder", f"data.path={tmp_path / 'empty'}"))
 
 
-def test_ckpt_path_last_is_the_run_dirs_last_checkpoint(tmp_path: Path) -> None:
+def test_ckpt_path_last_is_lightnings_last_checkpoint_or_a_fresh_start(tmp_path: Path) -> None:
     callback = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
     trainer = pl.Trainer(callbacks=[callback], logger=False)
-    with pytest.raises(FileNotFoundError, match="hydra.run.dir=<that run's directory> ckpt_path=last"):
-        resolve_ckpt_path("last", trainer)
+    assert resume_from("last", trainer) is None  # no checkpoint yet: start fresh
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "epoch_000.ckpt").write_bytes(b"")
+    assert resume_from("last", trainer) is None  # only last*.ckpt counts
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resolve_ckpt_path("last", trainer) == str(tmp_path / "checkpoints" / "last.ckpt")
-    assert resolve_ckpt_path(None, trainer) is None
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
-        resolve_ckpt_path(str(tmp_path / "x.ckpt"), trainer)
+    assert resume_from("last", trainer) == "last"  # Lightning resolves it (the newest last*.ckpt)
+    assert resume_from(None, trainer) is None
+    with pytest.raises(DataError, match="no such checkpoint"):
+        resume_from(str(tmp_path / "x.ckpt"), trainer)
+    with pytest.raises(ConfigError, match="checkpointing is off"):
+        resume_from("last", pl.Trainer(logger=False, enable_checkpointing=False))
 
 
 # ---------------------------------------------------------------- train.py end to end
@@ -334,7 +340,7 @@ def test_resume_continues_from_the_saved_step(sweep: Path, weights_file: Path, t
     assert "init/info" not in resumed
     assert record["initial"] == json.loads((sweep / "1" / "metrics.json").read_text())["initial"]
     # the copied run dir makes Lightning write last-v1.ckpt beside last.ckpt; `last` is the newer one
-    last = resolve_ckpt_path("last", pl.Trainer(callbacks=[pl.callbacks.ModelCheckpoint(run / "checkpoints")]))
+    last = max((run / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     assert torch.load(last, weights_only=True)["global_step"] == 4
 
 

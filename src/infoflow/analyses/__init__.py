@@ -17,7 +17,12 @@ ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis"
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
-    return ANALYSES.get(cfg.analysis.name)(cfg)
+    """Run the analysis ``cfg.analysis.name`` after checking the settings (before any work)."""
+    from infoflow.analyses.common import check_settings
+
+    analysis = ANALYSES.get(cfg.analysis.name)
+    check_settings(cfg)
+    return analysis(cfg)
 
 
 from infoflow.analyses import coherency, heatmaps, layerwise, table1  # noqa: E402,F401

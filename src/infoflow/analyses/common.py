@@ -12,7 +12,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoflow.builders import build_loggers
 from infoflow.data.base import ImageDataModule
+from infoflow.utils.settings import check_choice, check_common, check_count
 from infoflow.utils.tables import write_csv
+
+#: the classes an analysis can explain: the label, or the model's prediction
+TARGETS = ("label", "pred")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse bad evaluate.py settings before any work: beta, trainer, `num_images` and `target` (top level
+    and the analysis's own)."""
+    check_common(cfg)
+    for scope, name in ((cfg, "num_images"), (cfg.analysis, "analysis.num_images")):
+        if scope.get("num_images") is not None:
+            check_count(scope.num_images, name)
+    for scope, name in ((cfg, "target"), (cfg.analysis, "analysis.target")):
+        if scope.get("target") is not None:
+            check_choice(scope.target, name, TARGETS)
 
 
 def provenance(cfg: DictConfig) -> str:

@@ -38,6 +38,7 @@ from infoflow.discarding import (
     decoder_path,
     layerwise_ru,
     layerwise_sid,
+    load_decoders,
     object_mask,
     resolve_layers,
 )
@@ -129,6 +130,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     an = cfg.analysis
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = build_datamodule(cfg)
+    models = compared_models(cfg, dm)
+    if an.ru:  # required: every decoder must be there before the (long) SID work starts
+        for _, model in models:
+            load_decoders(an.decoder_dir, model, list(resolve_layers(model, an.layers)))
     batch = first_images(dm, max(an.num_images, an.delta_f2.images), device)
     images01 = dm.denormalize(batch["image"])
     x01, labels = images01[: an.num_images], batch["label"][: an.num_images].cpu()
@@ -140,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     pngs: list = []
     shown = slice(0, an.num_maps)
-    for label, model in compared_models(cfg, dm):
+    for label, model in models:
         model.module.to(device)
         layers = list(resolve_layers(model, an.layers))
         sid = layerwise_sid(

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoflow.discarding.features import LayerFeatures, model_fingerprint
+from infoflow.errors import UserError
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.checkpoint import atomic_save, load_file
 
@@ -41,11 +42,11 @@ from infoflow.utils.checkpoint import atomic_save, load_file
 TRAIN_COMMAND = "python train.py task=decoder model={model} layer={layer} weights={weights}"
 
 
-class MissingDecoderError(LookupError):
+class MissingDecoderError(UserError, LookupError):
     """No trained decoder for a layer.
 
     The message names the model, the layer and the file looked for, followed by `hint`, a format string
-    with ``{model}``, ``{layer}``, ``{weights}`` and ``{path}``: the command that trains the decoder.
+    with ``{model}``, ``{layer}``, ``{weights}`` and ``{path}``: the command that trains one.
     """
 
     hint: ClassVar[str] = f"Train one with: {TRAIN_COMMAND}"

@@ -21,7 +21,7 @@ from infoflow.models.cifar_resnet import CifarResNet
 from infoflow.models.layers import resnet_layers, shapesnet_layers, vgg_layers
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.registry import Registry
-from infoflow.utils.checkpoint import load_state_dict_file
+from infoflow.utils.checkpoint import CheckpointError, load_state_dict_file
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {source} does not fit {type(module).__name__}: "
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "

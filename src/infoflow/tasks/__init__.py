@@ -1,23 +1,24 @@
-"""`train.py` tasks by name: each is ``run(cfg) -> dict of final metrics``.
-
-Each task module registers its ``run`` with ``@TASKS.register(name)``; importing this package imports
-them all, so `TASKS` is complete.
-"""
+"""`train.py` tasks by name: each is a `TrainingTask` subclass that `run_task` runs in the one skeleton."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
 
-TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
+if TYPE_CHECKING:  # the skeleton imports Lightning: not needed to fail fast on a bad command line
+    from infoflow.tasks.skeleton import TrainingTask
+
+TASKS: Registry[type[TrainingTask]] = Registry("task")
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
-    return TASKS.get(cfg.task.name)(cfg)
+    """Run the task ``cfg.task.name`` (see `infoflow.tasks.skeleton`); return its final metrics."""
+    from infoflow.tasks.skeleton import run_training
+
+    return run_training(TASKS.get(cfg.task.name)(cfg))
 
 
 from infoflow.tasks import classifier, decoder, default_weights, distill, prune, readout  # noqa: E402,F401

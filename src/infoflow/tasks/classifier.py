@@ -13,12 +13,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.builders import build_model
+from infoflow.data.base import ImageDataModule
 from infoflow.tasks import TASKS
+from infoflow.tasks.common import save_weights
+from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save
 
 
@@ -88,21 +90,20 @@ class SaveEveryEpoch(pl.Callback):
 
 
 @TASKS.register("classifier")
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data` from `cfg.weights` (use weights=none to start from scratch)."""
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
-    module = ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
-    trainer = build_trainer(cfg)
-    if cfg.task.get("save_every_epoch"):
-        trainer.callbacks.insert(0, SaveEveryEpoch(Path(cfg.paths.output_dir) / "epochs"))
-    log_config(trainer, cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-    metrics = trainer.test(module, datamodule=dm)[0]
-    if trainer.is_global_zero:
-        path = atomic_save(module.model.state_dict(), Path(cfg.paths.output_dir) / "model.pt")
-        print(f"weights: {path}  (use weights={path})")
-        if cfg.task.get("save_every_epoch"):
+class ClassifierTask(TrainingTask):
+    """Train `cfg.model` on `cfg.data` from `cfg.weights` (``default``: from scratch); save ``model.pt``."""
+
+    def build_module(self, dm: ImageDataModule) -> ClassifierModule:
+        cfg = self.cfg
+        model = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
+        return ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
+
+    def callbacks(self) -> list[pl.Callback]:
+        if self.cfg.task.get("save_every_epoch"):
+            return [SaveEveryEpoch(Path(self.cfg.paths.output_dir) / "epochs")]
+        return []
+
+    def save(self, trainer: pl.Trainer, module: ClassifierModule, metrics: dict[str, Any]) -> None:
+        path = save_weights(module.model, self.cfg.paths.output_dir)
+        if self.cfg.task.get("save_every_epoch"):
             print(f"weights after every epoch: {path.parent / 'epochs'}/epoch_<NNN>.pt  (000: the initialisation)")
-    return metrics

@@ -10,27 +10,31 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
 
-from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.builders import build_model
+from infoflow.data.base import ImageDataModule
 from infoflow.discarding import LayerDecoder, decoder_path
+from infoflow.models.zoo import ZooModel
 from infoflow.tasks import TASKS
+from infoflow.tasks.skeleton import TrainingTask
 
 
 @TASKS.register("decoder")
-def run(cfg: DictConfig) -> dict[str, Any]:
+class DecoderTask(TrainingTask):
     """Fit the decoder of `cfg.layer` of `cfg.model` (with `cfg.weights`, frozen) on `cfg.data`; save it."""
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    module = LayerDecoder.for_layer(
-        model, cfg.layer, dm.mean, dm.std, width=cfg.task.width, num_blocks=cfg.task.num_blocks, lr=cfg.task.lr
-    )
-    trainer = build_trainer(cfg)
-    log_config(trainer, cfg)
-    trainer.fit(module, datamodule=dm)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero:
-        path = module.save(decoder_path(cfg.task.decoder_dir, model.name, model.weights, cfg.layer, model.input_size))
-        print(f"decoder of {model.name}/{cfg.layer}: {path}  (val/mse {metrics.get('val/mse', float('nan')):.4f})")
-    return metrics
+
+    test = False
+
+    def build_module(self, dm: ImageDataModule) -> LayerDecoder:
+        cfg = self.cfg
+        self.model: ZooModel = build_model(cfg, dm)
+        module = LayerDecoder.for_layer(self.model, cfg.layer, dm.mean, dm.std, width=cfg.task.width,
+                                        num_blocks=cfg.task.num_blocks, lr=cfg.task.lr)
+        module.strict_loading = False  # its checkpoints hold the decoder only; the frozen network is rebuilt
+        return module
+
+    def save(self, trainer: pl.Trainer, module: LayerDecoder, metrics: dict[str, Any]) -> None:
+        model = self.model
+        path = module.save(decoder_path(self.cfg.task.decoder_dir, model.name, model.weights, self.cfg.layer,
+                                        model.input_size))
+        print(f"decoder of {model.name}/{self.cfg.layer}: {path}  (val/mse {metrics.get('val/mse', float('nan')):.4f})")

@@ -11,7 +11,6 @@ objective) plus its parts ``{stage}/kd`` (T^2 KL) and ``{stage}/ce``; the studen
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,12 +19,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.builders import build_model
+from infoflow.data.base import ImageDataModule
+from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.tasks import TASKS
 from infoflow.tasks.classifier import ClassifierModule
-from infoflow.tasks.prune import require_trained
-from infoflow.utils.checkpoint import atomic_save
+from infoflow.tasks.common import require_trained, save_weights
+from infoflow.tasks.skeleton import TrainingTask
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
@@ -43,9 +44,9 @@ class DistillModule(ClassifierModule):
     def __init__(self, model: nn.Module, num_classes: int, lr: float = 2e-3, weight_decay: float = 1e-4,
                  alpha: float = 0.9, temperature: float = 4.0) -> None:
         if not 0 <= alpha <= 1:
-            raise ValueError(f"task.alpha weighs the distillation term against cross-entropy, in [0, 1]; got {alpha}")
+            raise ConfigError(f"task.alpha weighs the distillation term against cross-entropy, in [0, 1]; got {alpha}")
         if not temperature > 0:
-            raise ValueError(f"task.temperature must be > 0, got {temperature}")
+            raise ConfigError(f"task.temperature must be > 0, got {temperature}")
         super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay)
 
     def set_teacher(self, teacher: nn.Module) -> DistillModule:
@@ -80,47 +81,47 @@ class DistillModule(ClassifierModule):
 def build_teacher(cfg: DictConfig, student: ZooModel, input_size: tuple[int, int, int]) -> ZooModel:
     """The trained teacher of `cfg.task.teacher`, checked against the student and the data."""
     spec = cfg.task.teacher
-    require_trained(spec.model, spec.weights, "the teacher", "task.teacher.weights")
     num_classes = spec.get("num_classes") or student.num_classes
     try:
         teacher = get_model(spec.model, weights=str(spec.weights), num_classes=num_classes, input_size=input_size)
     except ValueError as err:
         if "does not fit" not in str(err):
             raise
-        raise ValueError(f"{err}. Are the teacher's weights for {num_classes} classes? (set task.teacher.num_classes "
+        raise ConfigError(f"{err}. Are the teacher's weights for {num_classes} classes? (set task.teacher.num_classes "
                          "to the number they are for: teacher and student must agree)") from err
     if teacher.num_classes != student.num_classes:
-        raise ValueError(f"the teacher ({teacher.name}) has {teacher.num_classes} classes but the student "
+        raise ConfigError(f"the teacher ({teacher.name}) has {teacher.num_classes} classes but the student "
                          f"({student.name}) has {student.num_classes}: distillation needs the same classes")
     for role, zoo in (("teacher", teacher), ("student", student)):
         try:
             with torch.no_grad():
                 out = zoo.module.eval()(torch.zeros(2, *input_size))
         except RuntimeError as err:
-            raise ValueError(f"the {role} {zoo.name} does not accept the data's {input_size[1]}x{input_size[2]} "
+            raise ConfigError(f"the {role} {zoo.name} does not accept the data's {input_size[1]}x{input_size[2]} "
                              f"images (set data.image_size to a size it takes): {err}") from err
         if tuple(out.shape) != (2, zoo.num_classes):
-            raise ValueError(f"the {role} {zoo.name} outputs {tuple(out.shape[1:])} for one image, "
+            raise ConfigError(f"the {role} {zoo.name} outputs {tuple(out.shape[1:])} for one image, "
                              f"not {zoo.num_classes} logits")
     return teacher
 
 
 @TASKS.register("distill")
-def run(cfg: DictConfig) -> dict[str, Any]:
+class DistillTask(TrainingTask):
     """Distil `cfg.task.teacher` into `cfg.model` (from scratch) on `cfg.data`; save the student."""
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    student = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
-    teacher = build_teacher(cfg, student, dm.input_size)
-    module = DistillModule(student.module, student.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay,
-                           alpha=cfg.task.alpha, temperature=cfg.task.temperature).set_teacher(teacher.module)
-    trainer = build_trainer(cfg)
-    log_config(trainer, cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-    metrics = trainer.test(module, datamodule=dm)[0]
-    if trainer.is_global_zero:
-        path = atomic_save(module.model.state_dict(), Path(cfg.paths.output_dir) / "model.pt")
-        print(f"student {student.name} of teacher {teacher.name} ({teacher.weights}): test/acc "
+
+    def check(self) -> None:
+        spec = self.cfg.task.teacher
+        require_trained(spec.model, spec.weights, "the teacher", "task.teacher.weights")
+
+    def build_module(self, dm: ImageDataModule) -> DistillModule:
+        cfg = self.cfg
+        self.student = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
+        self.teacher = build_teacher(cfg, self.student, dm.input_size)
+        return DistillModule(self.student.module, self.student.num_classes, lr=cfg.task.lr,
+                             weight_decay=cfg.task.weight_decay, alpha=cfg.task.alpha,
+                             temperature=cfg.task.temperature).set_teacher(self.teacher.module)
+
+    def save(self, trainer: pl.Trainer, module: DistillModule, metrics: dict[str, Any]) -> None:
+        print(f"student {self.student.name} of teacher {self.teacher.name} ({self.teacher.weights}): test/acc "
               f"{metrics.get('test/acc', float('nan')):.4f}")
-        print(f"weights: {path}  (use weights={path})")
-    return metrics
+        save_weights(module.model, self.cfg.paths.output_dir)

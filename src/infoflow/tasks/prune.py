@@ -20,25 +20,17 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.nn.utils import prune
 
-from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
+from infoflow.builders import build_model
+from infoflow.data.base import ImageDataModule
+from infoflow.errors import ConfigError
 from infoflow.tasks import TASKS
 from infoflow.tasks.classifier import ClassifierModule
-from infoflow.utils.checkpoint import atomic_save, atomic_write
-
-
-def require_trained(model: str, weights: Any, what: str, override: str) -> None:
-    """Raise a clear error unless `weights` names trained weights for zoo model `model`."""
-    w = str(weights)
-    if w.lower() == "none" or (w == "default" and model != "shapesnet"):
-        raise ValueError(
-            f"{what} must be a trained classifier, but {override}={w} means an untrained {model}: pass "
-            f"{override}=<path to its model.pt> (train one with: python train.py task=classifier model={model}; "
-            f"it prints the path)"
-        )
+from infoflow.tasks.common import require_trained, save_weights
+from infoflow.tasks.skeleton import TrainingTask
+from infoflow.utils.checkpoint import atomic_write
 
 
 def prunable(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -107,50 +99,58 @@ class IterativePruning(pl.Callback):
 
 
 @TASKS.register("prune")
-def run(cfg: DictConfig) -> dict[str, Any]:
+class PruneTask(TrainingTask):
     """Prune the trained `cfg.model` (`cfg.weights`) to `cfg.task.amount`, fine-tune, save ``model.pt``."""
-    amount, rounds, epochs = cfg.task.amount, cfg.task.rounds, cfg.task.finetune_epochs
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
-        raise ValueError(f"task.amount is the fraction of conv/linear weights to prune, in (0, 1); got {amount!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"task.rounds must be an integer >= 1, got {rounds!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"task.finetune_epochs must be an integer >= 0, got {epochs!r}")
-    require_trained(cfg.model.name, cfg.weights, "the model to prune", "weights")
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    layers = prunable(model.module)
-    if not layers:
-        raise ValueError(f"model {model.name!r} has no conv or linear layers to prune")
-    total = sum(m.weight.numel() for _, m in layers)
-    targets = round_targets(float(amount), rounds, total)
 
-    module = ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
-    trainer = build_trainer(cfg, max_epochs=rounds * epochs)
-    log_config(trainer, cfg)
-    prune_to(layers, targets[0])  # round 1, before fine-tuning (and before a resumed checkpoint's masks load)
-    if epochs > 0:
-        trainer.callbacks.insert(0, IterativePruning(layers, targets, epochs))
-        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-    prune_to(layers, targets[-1])  # without fine-tuning: every round at once, i.e. one-shot
-    for _, m in layers:
-        prune.remove(m, "weight")  # permanent: plain `weight` parameters with zeros
-    metrics = trainer.test(module, datamodule=dm)[0]
+    def check(self) -> None:
+        amount, rounds, epochs = self.cfg.task.amount, self.cfg.task.rounds, self.cfg.task.finetune_epochs
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
+            raise ConfigError(f"task.amount is the fraction of conv/linear weights to prune, in (0, 1); got {amount!r}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(f"task.rounds must be an integer >= 1, got {rounds!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"task.finetune_epochs must be an integer >= 0, got {epochs!r}")
+        require_trained(self.cfg.model.name, self.cfg.weights, "the model to prune", "weights")
 
-    table = sparsity_table(model.module, model.layers)
-    overall = float(table.sparsity.iloc[-1])
-    metrics = {**metrics, "sparsity": overall}
-    for logger in trainer.loggers:
-        logger.log_metrics({"sparsity": overall, **{f"sparsity/{r.layer}": r.sparsity for r in table.iloc[:-1].itertuples()}})
-        logger.save()
-    if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
+    def build_module(self, dm: ImageDataModule) -> ClassifierModule:
+        cfg = self.cfg
+        self.model = build_model(cfg, dm)
+        self.layers = prunable(self.model.module)
+        if not self.layers:
+            raise ConfigError(f"model {self.model.name!r} has no conv or linear layers to prune")
+        self.total = sum(m.weight.numel() for _, m in self.layers)
+        self.targets = round_targets(float(cfg.task.amount), cfg.task.rounds, self.total)
+        return ClassifierModule(self.model.module, self.model.num_classes, lr=cfg.task.lr,
+                                weight_decay=cfg.task.weight_decay)
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        return {"max_epochs": self.cfg.task.rounds * self.cfg.task.finetune_epochs}
+
+    def callbacks(self) -> list[pl.Callback]:
+        epochs = self.cfg.task.finetune_epochs
+        return [IterativePruning(self.layers, self.targets, epochs)] if epochs > 0 else []
+
+    def fit(self, trainer: pl.Trainer, module: pl.LightningModule, dm: ImageDataModule, ckpt_path: str | None) -> None:
+        prune_to(self.layers, self.targets[0])  # round 1, before fine-tuning (and before a resumed checkpoint's masks load)
+        if self.cfg.task.finetune_epochs > 0:
+            super().fit(trainer, module, dm, ckpt_path)
+        prune_to(self.layers, self.targets[-1])  # without fine-tuning: every round at once, i.e. one-shot
+        for _, m in self.layers:
+            prune.remove(m, "weight")  # permanent: plain `weight` parameters with zeros
+
+    def metrics(self, trainer: pl.Trainer, module: pl.LightningModule, dm: ImageDataModule) -> dict[str, Any]:
+        self.table = sparsity_table(self.model.module, self.model.layers)
+        overall = float(self.table.sparsity.iloc[-1])
+        for logger in trainer.loggers:
+            logger.log_metrics({"sparsity": overall,
+                                **{f"sparsity/{r.layer}": r.sparsity for r in self.table.iloc[:-1].itertuples()}})
+            logger.save()
+        return {**super().metrics(trainer, module, dm), "sparsity": overall}
+
+    def save(self, trainer: pl.Trainer, module: ClassifierModule, metrics: dict[str, Any]) -> None:
+        out, table = Path(self.cfg.paths.output_dir), self.table
         atomic_write(out / "sparsity.csv", lambda tmp: table.to_csv(tmp, index=False))
-        path = atomic_save(module.model.state_dict(), out / "model.pt")
         print(table.to_string(index=False, formatters={"sparsity": "{:.4f}".format}))
-        acc = metrics.get("test/acc", math.nan)
-        print(f"sparsity {overall:.4f} ({table.zeros.iloc[-1]} of {total} conv/linear weights are zero), "
-              f"test/acc {acc:.4f}: {out / 'sparsity.csv'}")
-        print(f"weights: {path}  (use weights={path})")
-    return metrics
+        print(f"sparsity {metrics['sparsity']:.4f} ({table.zeros.iloc[-1]} of {self.total} conv/linear weights are "
+              f"zero), test/acc {metrics.get('test/acc', math.nan):.4f}: {out / 'sparsity.csv'}")
+        save_weights(module.model, out)

@@ -29,18 +29,21 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
+from omegaconf import OmegaConf
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from infoflow.builders import build_datamodule, build_model, build_trainer, cache_path, log_config
+from infoflow.builders import build_model, cache_path
+from infoflow.data.base import ImageDataModule
+from infoflow.errors import DataError
 from infoflow.iba.bottleneck import capacity_to_heatmap
 from infoflow.iba.readout import META_KEY, STATE_PREFIX, ReadoutBottleneck, check_meta, fit_statistics
 from infoflow.tasks import TASKS
+from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save, atomic_write
+from infoflow.utils.settings import check_beta
 from infoflow.utils.tables import write_csv
 from infoflow.viz import plot_heatmap
 
@@ -52,7 +55,7 @@ class ReadoutModule(pl.LightningModule):
 
     Args:
         readout: the readout bottleneck (its classifier stays frozen).
-        beta: weight of L_I/k, > 0 (units of 1/k).
+        beta: weight of L_I/k, >= 0 (units of 1/k; 0: plain cross-entropy through the noise).
         lr: Adam learning rate.
         meta: `readout.meta(data config)`, stored in every checkpoint and checked on resume.
         estimator_samples: training images for the feature statistics.
@@ -77,8 +80,7 @@ class ReadoutModule(pl.LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0 (in units of 1/k, e.g. beta=10 for 10/k), got {beta}")
+        beta = check_beta(beta)
         self.save_hyperparameters({"beta": beta, "lr": lr, "estimator_samples": estimator_samples,
                                    "num_heatmaps": num_heatmaps, "objective_beta": objective_beta})
         self.readout = readout
@@ -206,7 +208,7 @@ class ReadoutModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if META_KEY not in checkpoint:
-            raise ValueError("the checkpoint to resume from is not a Readout Bottleneck checkpoint")
+            raise DataError("the checkpoint to resume from is not a Readout Bottleneck checkpoint")
         check_meta(checkpoint[META_KEY], self.meta, "to resume from")
         self.initial_metrics = checkpoint.get(_INITIAL_KEY, {})
 
@@ -216,68 +218,40 @@ class ReadoutModule(pl.LightningModule):
         return atomic_save({META_KEY: self.meta, "state_dict": state}, path)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
-    """`ckpt_path`, with ``last`` resolved to ``<checkpoint dir>/last.ckpt``; clear errors when it is missing.
-
-    In a run directory that was moved, Lightning writes ``last-v1.ckpt`` next to the old ``last.ckpt``
-    (see ModelCheckpoint's version counter): ``last`` is the most recent of them.
-    """
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        callback = trainer.checkpoint_callback
-        if callback is None or callback.dirpath is None:
-            raise ValueError("ckpt_path=last needs the model_checkpoint callback (callbacks=default)")
-        name = callback.CHECKPOINT_NAME_LAST
-        found = sorted(Path(callback.dirpath).glob(f"{name}*{callback.FILE_EXTENSION}"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(
-                f"ckpt_path=last: there is no {Path(callback.dirpath) / (name + callback.FILE_EXTENSION)}. To resume "
-                "an interrupted run, rerun its command with hydra.run.dir=<that run's directory> ckpt_path=last"
-            )
-        return str(found[-1])
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return ckpt_path
-
-
 @TASKS.register("readout")
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train a Readout Bottleneck for `cfg.model` at `cfg.layer` on `cfg.data`; return the final metrics."""
-    if not cfg.beta > 0:
-        raise ValueError(f"beta must be > 0 (in units of 1/k, e.g. beta=10 for 10/k), got {cfg.beta}")
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    task = cfg.task
-    readout = ReadoutBottleneck(model, cfg.layer, list(task.readout_layers), sigma=task.sigma,
-                                hidden=task.hidden, init_bias=task.init_bias, max_alpha=task.max_alpha)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    assert isinstance(data, dict)
-    module = ReadoutModule(
-        readout, beta=cfg.beta, lr=task.lr, meta=readout.meta(data), estimator_samples=task.estimator_samples,
-        estimator_caches={name: cache_path(cfg, "estimators", name) for name in readout.stat_layers},
-        num_heatmaps=task.num_heatmaps, objective_beta=task.objective_beta, output_dir=cfg.paths.output_dir,
-        class_names=list(dm.class_names),
-    )
-    # no inference mode: the metric states of the initial validation must stay usable in the fit
-    trainer = build_trainer(cfg, inference_mode=False)
-    log_config(trainer, cfg)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, trainer)
-    if ckpt_path is None:
-        module.initial_metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=dm)[0].items()}
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
+class ReadoutTask(TrainingTask):
+    """Train a Readout Bottleneck for `cfg.model` at `cfg.layer` on `cfg.data`; write ``readout.pt`` and
+    ``metrics.json``. Before a fresh fit, the untrained readout is validated (the ``init/...`` metrics)."""
+
+    test = False
+
+    def build_module(self, dm: ImageDataModule) -> ReadoutModule:
+        cfg, task = self.cfg, self.cfg.task
+        model = build_model(cfg, dm)
+        readout = ReadoutBottleneck(model, cfg.layer, list(task.readout_layers), sigma=task.sigma,
+                                    hidden=task.hidden, init_bias=task.init_bias, max_alpha=task.max_alpha)
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        assert isinstance(data, dict)
+        return ReadoutModule(
+            readout, beta=cfg.beta, lr=task.lr, meta=readout.meta(data), estimator_samples=task.estimator_samples,
+            estimator_caches={name: cache_path(cfg, "estimators", name) for name in readout.stat_layers},
+            num_heatmaps=task.num_heatmaps, objective_beta=task.objective_beta, output_dir=cfg.paths.output_dir,
+            class_names=list(dm.class_names),
+        )
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        return {"inference_mode": False}  # the metric states of the initial validation must stay usable in the fit
+
+    def before_fit(self, trainer: pl.Trainer, module: ReadoutModule, dm: ImageDataModule, resuming: bool) -> None:
+        if not resuming:
+            module.initial_metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=dm)[0].items()}
+
+    def save(self, trainer: pl.Trainer, module: ReadoutModule, metrics: dict[str, Any]) -> None:
+        cfg, out = self.cfg, Path(self.cfg.paths.output_dir)
         path = module.export(out / "readout.pt")
-        record = {"beta": float(cfg.beta), "lr": float(task.lr), "model": cfg.model.name, "layer": cfg.layer,
+        record = {"beta": float(cfg.beta), "lr": float(cfg.task.lr), "model": cfg.model.name, "layer": cfg.layer,
                   "weights": str(cfg.weights), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
                   "metrics": metrics, "initial": module.initial_metrics}
         atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
         print(f"readout: {path}  (python evaluate.py method=readout model={cfg.model.name} layer={cfg.layer} "
               f"readout_ckpt={path})")
-    for logger in trainer.loggers:  # the next run of a multirun must start its own W&B run
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.finish()
-    return metrics

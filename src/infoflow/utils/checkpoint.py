@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,16 +11,31 @@ from typing import Any
 
 import torch
 
+from infoflow.errors import DataError
+
+
+class CheckpointError(DataError, ValueError):
+    """A checkpoint file that is missing, empty, corrupt, refused (it holds code) or not what it should be."""
+
 
 def load_file(path: str | Path) -> Any:
-    """`torch.load` with ``weights_only=True`` and clear errors for missing or corrupt files."""
+    """`torch.load` with ``weights_only=True``; a missing, empty, corrupt or code-holding file is a
+    `CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted download or save?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path} (corrupt or not a torch file): {err}") from err
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects, not only tensors, and unpickling them could "
+                "run code. Save a plain state dict instead: torch.save(model.state_dict(), path)"
+            ) from err
+        reason = "" if isinstance(err, pickle.UnpicklingError) else f" ({str(err).split('. ')[0].strip()})"
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt, truncated or not a torch file{reason}") from err
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -28,7 +44,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict (a dict of tensors)")
+        raise CheckpointError(f"{path} does not hold a state_dict (a dict of tensors)")
     return obj
 
 
