@@ -52,7 +52,11 @@ class MaxSensitivity(Metric):
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices."""
         target = as_targets(target, images.shape[0], images.device)
 
-        def explanation(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        def explanation(
+            x: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
+        ) -> torch.Tensor | tuple[torch.Tensor]:
+            if isinstance(x, tuple):  # captum passes its perturbed inputs as a tuple, and wants one back
+                return (self.explain(x[0], target).detach(),)
             return self.explain(x, target).detach()
 
         with torch.random.fork_rng(devices=_devices(images.device)):
