@@ -18,7 +18,8 @@ class IBAAttribution(CaptumAttribution):
 
     ``attribute(inputs, target)`` returns the heatmap in bits per pixel with Captum's shape convention: the
     inputs' shape (N, C, H, W), the (H, W) map repeated over the channels (``expand_channels=False``: (N, 1, H, W)).
-    Without a target, the model's predicted classes are explained.
+    Without a target, the model's predicted classes are explained. Gradients are enabled inside (Per-Sample IBA
+    fits its bottleneck by gradient descent, also when Captum's metrics call it under ``torch.no_grad``).
     """
 
     def __init__(self, method: PerSampleIBA | ReadoutIBA, expand_channels: bool = True) -> None:
@@ -28,15 +29,22 @@ class IBAAttribution(CaptumAttribution):
         self.method = method
         self.expand_channels = expand_channels
 
-    def attribute(self, inputs: torch.Tensor, target: Any = None, **_: Any) -> torch.Tensor:  # type: ignore[override]
-        """Heatmaps for images (N, C, H, W) and target classes (int, list or (N,) tensor; None: predicted)."""
+    def attribute(  # type: ignore[override]
+        self, inputs: torch.Tensor | tuple[torch.Tensor], target: Any = None, **_: Any
+    ) -> torch.Tensor | tuple[torch.Tensor]:
+        """Heatmaps for images (N, C, H, W) and target classes (int, list or (N,) tensor; None: predicted).
+
+        A one-tensor tuple of images (as Captum's metrics pass them) gives a one-tensor tuple back."""
+        if isinstance(inputs, tuple) and len(inputs) == 1:
+            return (self.attribute(inputs[0], target),)  # type: ignore[return-value]
         if not isinstance(inputs, torch.Tensor):
             raise InputError(f"IBAAttribution takes one image tensor (N, C, H, W), got {type(inputs).__name__}")
         if target is None:
             with torch.no_grad():
                 target = self.method.model.module(inputs).argmax(1)
-        maps = self.method.attribute(inputs, target).unsqueeze(1)
-        return maps.expand(-1, inputs.shape[1], -1, -1) if self.expand_channels else maps
+        with torch.enable_grad():  # Per-Sample IBA optimises; captum's metrics call this under no_grad
+            maps = self.method.attribute(inputs, target).detach().unsqueeze(1)
+        return maps.repeat(1, inputs.shape[1], 1, 1) if self.expand_channels else maps
 
     def has_convergence_delta(self) -> bool:
         return False

@@ -87,6 +87,7 @@ def explain_func(
     method: str | Attribution = "iba",
     zoo: ZooModel | None = None,
     fit_data: Iterable[dict[str, torch.Tensor]] | None = None,
+    device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> np.ndarray:
     """Quantus's ``explain_func`` convention: numpy in, numpy out.
@@ -98,6 +99,7 @@ def explain_func(
             Attribution (then `model` is ignored).
         zoo: the ZooModel that `model` belongs to: its layer names (``layer="conv3"``) and class count.
         fit_data: batches to fit the method on (IBA's statistics); or pass ``estimator=`` for IBA.
+        device: set by Quantus when its metric gets ``device=``; unused: the method runs on the model's device.
         kwargs: the method's arguments (``layer``, ``beta``, ``estimator``, ``readout_ckpt``, ...).
     Returns:
         (N, 1, H, W) float32 attributions, one channel as Quantus's own explain functions return.
