@@ -4,7 +4,13 @@ The reference loops below run one forward pass per image and perturbation step; 
 Both run in the same process on the same inputs (a random-weight ShapesNet on 64x64 images), and the
 results are compared. Sensitivity-n is timed as Table 1 uses it, for several attribution maps (methods) of
 the same images: its perturbed forward passes do not depend on the map, so the batched path runs them once,
-while the loop, per method, per image and per tile set, runs them for every method. Usage: ``python benchmarks/bench_metrics.py [--threads 1]``. Last line: ``speedup: X``.
+while the loop, per method, per image and per tile set, runs them for every method.
+Quantus side by side (when installed): its ``RegionPerturbation`` (MoRF and LeRF, every tile, baseline value
+0 on images centred per channel, so that infoflow's per-channel mean fill is the same value) against
+infoflow's Degradation on the same maps, images and model; and infoflow's InsertionDeletion against a
+straightforward per-image loop. Throughput is counted in model evaluations (perturbed images) per second,
+so that methods doing different amounts of work compare fairly; the curves are compared too.
+Usage: ``python benchmarks/bench_metrics.py [--threads 1]``. Last line: ``speedup: X``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from infoflow.metrics import Degradation, SensitivityN
+from infoflow.metrics import Degradation, InsertionDeletion, SensitivityN
+from infoflow.metrics.degradation import degradation_curves
+from infoflow.metrics.insertion_deletion import blurred
+from infoflow.metrics.tiles import TileGrid
 from infoflow.models import get_model
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -94,6 +103,67 @@ def sensitivity_loop(
     return torch.tensor(result, dtype=torch.float64)
 
 
+@torch.no_grad()
+def insertion_deletion_loop(
+    model: Forward,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    attributions: torch.Tensor,
+    steps: list[int],
+    deletion_value: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference pixel insertion (into the blurred image) and deletion (to a constant) curves (N, P); one
+    forward pass per image and step."""
+    insertion, deletion = [], []
+    start = blurred(images)
+    for x, s, t, a in zip(images, start, target.tolist(), attributions, strict=True):
+        order = sorted(range(a.numel()), key=lambda k: -a.flatten()[k].item())  # stable: ties by index
+        for out, base, fill in ((insertion, s, x), (deletion, x, torch.full_like(x, deletion_value))):
+            image, curve = base.clone().flatten(1), []
+            for k in steps:
+                changed = torch.tensor(order[:k], dtype=torch.long)
+                image[:, changed] = fill.flatten(1)[:, changed]
+                curve.append(torch.softmax(model(image.view_as(x)[None]).double(), dim=1)[0, t].item())
+            out.append(curve)
+    return torch.tensor(insertion, dtype=torch.float64), torch.tensor(deletion, dtype=torch.float64)
+
+
+def quantus_side_by_side(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,
+                         attributions: torch.Tensor, tile: int, batch_size: int) -> float | None:
+    """Quantus RegionPerturbation vs infoflow's Degradation (both orders, every tile); returns the ratio of
+    model evaluations per second (infoflow / Quantus), None without Quantus."""
+    try:
+        import quantus
+    except ImportError:
+        print("quantus: not installed (pip install 'infoflow[quantus]'), side-by-side skipped")
+        return None
+    n, h, w = attributions.shape
+    grid = TileGrid(h, w, tile)
+    steps = torch.arange(grid.num_tiles + 1)
+    x = images - images.mean(dim=(2, 3), keepdim=True)  # per-channel mean 0 = Quantus's baseline value 0.0
+    (curves, _), t_ours = _timed(lambda: degradation_curves(model, x, target, attributions, grid, steps, batch_size))
+    evals_ours = n * (2 + 2 * (grid.num_tiles - 1))  # original and constant image once, inner steps per order
+
+    def run_quantus() -> list[np.ndarray]:
+        out = []
+        for order in ("morf", "lerf"):
+            metric = quantus.RegionPerturbation(patch_size=tile, order=order, regions_evaluation=grid.num_tiles,
+                                                perturb_baseline=0.0, disable_warnings=True, display_progressbar=False)
+            out.append(np.array(metric(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                                       a_batch=attributions[:, None].numpy(), softmax=True, batch_size=batch_size)))
+        return out
+
+    theirs, t_quantus = _timed(run_quantus)
+    evals_quantus = 2 * n * (1 + grid.num_tiles)  # per order: the original and every tile count
+    diff = max(float(np.abs(theirs[k] - (curves[k][:, :1] - curves[k][:, 1:]).numpy()).max()) for k in range(2))
+    ratio = (evals_ours / t_ours) / (evals_quantus / t_quantus)
+    print(f"degradation vs quantus.RegionPerturbation: {n} images, {grid.num_tiles} tiles, both orders: "
+          f"infoflow {evals_ours / t_ours:.0f} evals/s ({n / t_ours:.2f} img/s), quantus "
+          f"{evals_quantus / t_quantus:.0f} evals/s ({n / t_quantus:.2f} img/s); per-image ratio "
+          f"{t_quantus / t_ours:.2f}, per-evaluation ratio {ratio:.2f}, max abs curve diff {diff:.1e}")
+    return t_quantus / t_ours
+
+
 def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     out = fn()
@@ -107,13 +177,16 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--methods", type=int, default=8, help="attribution maps per image for Sensitivity-n")
     parser.add_argument("--tile-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--insertion-images", type=int, default=2)
+    parser.add_argument("--quantus-images", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly: under load, "
+                        "more threads can run slower)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = get_model("shapesnet").module.eval()
-    n = max(args.degradation_images, args.sensitivity_images)
+    n = max(args.degradation_images, args.sensitivity_images, args.insertion_images, args.quantus_images)
     images = torch.randn(n, 3, 64, 64)
     attributions = torch.randn(n, 64, 64)
     with torch.no_grad():
@@ -175,6 +248,24 @@ def main(argv: list[str] | None = None) -> float:
         f"loop {ns * m / t_loop:.3f} maps/s, ratio {t_loop / t_batched:.2f}, max abs diff of the sums {diff:.2e}"
     )
     ratios.append(t_loop / t_batched)
+    ni = args.insertion_images
+    insdel = InsertionDeletion(model, (64, 64), tile_size=1, batch_size=args.batch_size)
+    _, t_batched = _timed(lambda: insdel.update(images[:ni], target[:ni], attributions[:ni]))
+    (ins, dele), t_loop = _timed(lambda: insertion_deletion_loop(
+        model, images[:ni], target[:ni], attributions[:ni], insdel.steps.tolist()))
+    diff = max((insdel.insertion_sum - ins.sum(0)).abs().max().item(),
+               (insdel.deletion_sum - dele.sum(0)).abs().max().item())
+    evals = ni * 2 * len(insdel.steps)
+    print(f"insertion/deletion (pixels, {len(insdel.steps)} points): {ni} images, {evals} evaluations: batched "
+          f"{evals / t_batched:.0f} evals/s, loop {evals / t_loop:.0f} evals/s, ratio {t_loop / t_batched:.2f}, "
+          f"max abs diff of the sums {diff:.2e}")
+    ratios.append(t_loop / t_batched)
+
+    nq = args.quantus_images
+    quantus_ratio = quantus_side_by_side(model, images[:nq], target[:nq], attributions[:nq], args.tile_size,
+                                         args.batch_size)
+    if quantus_ratio is not None:
+        print(f"quantus ratio: {quantus_ratio:.2f}")
     print(f"speedup: {min(ratios):.2f}")
     return min(ratios)
 

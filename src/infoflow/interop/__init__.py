@@ -1,0 +1,2 @@
+"""infoflow inside other evaluation tools: Quantus (`interop.quantus`, optional extra) and Captum
+(`interop.captum`)."""
