@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
+from infoflow.utils.cache import using_cache_dir
 
 ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis")
 
@@ -20,4 +21,5 @@ _ANALYSIS_MODULES = ("infoflow.analyses.heatmaps", "infoflow.analyses.layerwise"
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
     for module in _ANALYSIS_MODULES:
         importlib.import_module(module)
-    return ANALYSES.get(cfg.analysis.name)(cfg)
+    with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
+        return ANALYSES.get(cfg.analysis.name)(cfg)

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
+from infoflow.utils.cache import using_cache_dir
 
 TASKS: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("task")
 
@@ -25,4 +26,5 @@ _TASK_MODULES = (
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     for module in _TASK_MODULES:
         importlib.import_module(module)
-    return TASKS.get(cfg.task.name)(cfg)
+    with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
+        return TASKS.get(cfg.task.name)(cfg)

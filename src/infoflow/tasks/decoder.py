@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from infoflow.builders import build_datamodule, build_model, build_trainer, log_config
 from infoflow.discarding import LayerDecoder, MissingDecoderError, decoder_path
 from infoflow.tasks import TASKS
+from infoflow.utils.cache import ensure_writable
 
 #: the command that trains a missing decoder (format fields: model, layer, weights)
 TRAIN_COMMAND = "python train.py task=decoder model={model} layer={layer} weights={weights}"
@@ -24,6 +25,7 @@ MissingDecoderError.hint = f"Train one with: {TRAIN_COMMAND}"
 @TASKS.register("decoder")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit the decoder of `cfg.layer` of `cfg.model` (with `cfg.weights`, frozen) on `cfg.data`; save it."""
+    ensure_writable(cfg.task.decoder_dir, "task.decoder_dir (default: paths.cache_dir/decoders)")  # before training
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
