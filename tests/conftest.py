@@ -32,7 +32,7 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     user = cache_dir()
     cache = tmp_path_factory.getbasetemp() / "infoflow-cache"
     cache.mkdir(parents=True, exist_ok=True)
-    for trained in user.glob(default_weights_path(0, user).name.replace("-c0-", "-c*-")):
+    for trained in user.glob(default_weights_path("*", user).name):
         if not (cache / trained.name).exists():
             shutil.copyfile(trained, cache / trained.name)
     with pytest.MonkeyPatch.context() as patch:

@@ -25,7 +25,7 @@ def cache_dir() -> Path:
     return cache.cache_dir()
 
 
-def default_weights_path(num_classes: int = 4, root: str | Path | None = None) -> Path:
+def default_weights_path(num_classes: int | str = 4, root: str | Path | None = None) -> Path:
     """File of the default ShapesNet weights for `num_classes` classes under `root` (default: `cache_dir()`)."""
     return Path(cache_dir() if root is None else root) / f"shapesnet-c{num_classes}-{default_weights_version()}.pt"
 
