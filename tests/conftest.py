@@ -1,15 +1,19 @@
-"""Shared fixtures. Every test runs with its own cache dir and offline W&B."""
+"""Shared fixtures. The whole session runs with its own cache dir and offline W&B."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from infoflow.models.pretrained import default_weights_path
 from infoflow.models.shapesnet import ShapesNet
+from infoflow.utils.cache import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -17,13 +21,30 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Caches (default weights, estimators) go to a per-session temp dir, never to ~/.cache."""
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every cache (default weights, estimators, delta_f², decoders) goes to a per-session temp dir, never to
+    the user's cache. Session-scoped and autouse, so it is set before any module- or session-scoped fixture.
+
+    The default shapesnet weights (minutes to train) are copied from the user's cache when they are there
+    for the current version (read only; an empty cache, as in CI, trains them once per session).
+    """
+    user = cache_dir()
     cache = tmp_path_factory.getbasetemp() / "infoflow-cache"
-    monkeypatch.setenv("INFOFLOW_CACHE", str(cache))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
-    return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    for trained in user.glob(default_weights_path("*", user).name):
+        if not (cache / trained.name).exists():
+            shutil.copyfile(trained, cache / trained.name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INFOFLOW_CACHE", str(cache))
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+        yield cache
+
+
+@pytest.fixture
+def _isolated_cache(_session_cache: Path) -> Path:
+    """The session's cache dir (see `_session_cache`)."""
+    return _session_cache
 
 
 def run_script(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600) -> str:

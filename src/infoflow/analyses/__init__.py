@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
+from infoflow.utils.cache import using_cache_dir
 
 ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis")
 
@@ -22,7 +23,8 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
 
     analysis = ANALYSES.get(cfg.analysis.name)
     check_settings(cfg)
-    return analysis(cfg)
+    with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
+        return analysis(cfg)
 
 
 from infoflow.analyses import coherency, heatmaps, layerwise, table1  # noqa: E402,F401

@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -19,7 +18,9 @@ from infoflow.data.imagefolder import (
     DictDataset,
     Example,
     load_rgb,
+    open_image,
     require_dir,
+    to_8bit,
     to_tensor_transform,
 )
 
@@ -46,10 +47,8 @@ def load_cub(record: CubRecord) -> Example:
         "boxes": make_boxes(torch.tensor([x, y, x + w, y + h]), (image.height, image.width)),
     }
     if record.segmentation is not None:
-        with Image.open(record.segmentation) as seg:
-            example["mask"] = tv_tensors.Mask(
-                torch.from_numpy(np.asarray(seg.convert("L")) > 127).to(torch.uint8)
-            )
+        seg = to_8bit(open_image(record.segmentation), record.segmentation).convert("L")
+        example["mask"] = tv_tensors.Mask(torch.from_numpy(np.asarray(seg) > 127).to(torch.uint8))
     return example
 
 

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -26,6 +27,7 @@ from torchvision.transforms import v2
 
 from infoflow.data.base import ImageDataModule
 from infoflow.data.boxes import boxes_to_mask, read_imagenet_boxes
+from infoflow.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,9 +124,31 @@ def require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """The fully decoded image at `path`; a corrupt, truncated or unreadable file is a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err} (corrupt, truncated or not an image file); "
+                        "replace or remove it") from None
+
+
+def to_8bit(image: Image.Image, path: str | Path = "") -> Image.Image:
+    """8-bit image: 16/32-bit integer grayscale (modes ``I;16*``, ``I``) scaled from [0, 65535] to [0, 255]
+    (PIL's own conversion would clip everything above 255 to white); float images are refused."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        raise DataError(f"image {path} holds floating-point pixels (mode F): save it as 8- or 16-bit")
+    return image
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """The image at `path` as 8-bit RGB (16-bit grayscale scaled, see `to_8bit`)."""
+    return to_8bit(open_image(path), path).convert("RGB")
 
 
 def find_classes(directory: Path) -> list[str]:

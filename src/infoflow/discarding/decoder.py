@@ -12,18 +12,16 @@ loss MSE (mean over pixels and channels); Adam. `LayerDecoder` is the LightningM
 on the standard datamodule batches (``image`` normalised; it is mapped back with the datamodule's
 mean/std before the frozen network computes the feature).
 
-Storage: `decoder_path` names one file per (model, weights, layer, input size) under a root folder;
-the file holds the architecture hyper-parameters, the decoder's state dict and the fingerprint of the
-network it was trained on (`features.model_fingerprint`), so a decoder is never silently used with
-other weights. Lightning checkpoints of a `LayerDecoder` hold the same (the frozen network is left out).
+Storage: `decoder_path` names one file per `utils.cache.cache_key` of (model, weights, layer, input size)
+under a root folder; the file holds the architecture hyper-parameters, the decoder's state dict and the
+fingerprint of the network it was trained on (`utils.cache.tensor_fingerprint`), so a decoder is never
+silently used with other weights. Lightning checkpoints of a `LayerDecoder` hold the same (the frozen
+network is left out). `load_decoders` deletes a corrupt decoder file and reports it as missing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +34,7 @@ from torch import nn
 from infoflow.discarding.features import LayerFeatures, model_fingerprint
 from infoflow.errors import UserError
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.cache import cache_file, cache_key, load_cached
 from infoflow.utils.checkpoint import atomic_save, load_file
 
 #: the command that trains a missing decoder (format fields: model, layer, weights)
@@ -204,10 +203,29 @@ def decoder_path(
     root: str | Path, model_name: str, weights: str, layer: str, input_size: Sequence[int]
 ) -> Path:
     """The file of the decoder of `layer` of (model, weights) at `input_size` under `root`."""
-    spec = json.dumps([model_name, str(weights), layer, [int(s) for s in input_size]])
-    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model_name}-{layer}")
-    return Path(root) / f"{safe}-{key}.pt"
+    key = cache_key(model_name, weights, layer, None, {"kind": "decoder", "input_size": [int(s) for s in input_size]})
+    return cache_file(root, model_name, layer, key)
+
+
+def _read_decoder(path: str | Path) -> tuple[DecoderNet, str | None]:
+    """(decoder in eval mode, fingerprint of the network it was trained on or None) from a decoder file;
+    ValueError for anything else (not a decoder, missing hyper-parameters, weights that do not fit)."""
+    obj = load_file(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a decoder file")
+    hp = obj.get("hparams") or obj.get("hyper_parameters")
+    keys = ("feature_shape", "image_shape", "width", "num_blocks")
+    if not isinstance(hp, dict) or any(k not in hp for k in keys):
+        raise ValueError(f"{path} is not a decoder file (needs hyper-parameters {', '.join(keys)})")
+    state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    net = DecoderNet(hp["feature_shape"], hp["image_shape"], hp["width"], hp["num_blocks"])
+    net.load_state_dict(state)
+    return net.eval(), obj.get("encoder_fingerprint")
+
+
+def _check_fingerprint(path: str | Path, trained_on: str | None, fingerprint: str | None) -> None:
+    if fingerprint is not None and trained_on is not None and trained_on != fingerprint:
+        raise ValueError(f"decoder {path} was trained on other weights of the network; retrain it")
 
 
 def load_decoder(path: str | Path, fingerprint: str | None = None) -> DecoderNet:
@@ -216,27 +234,22 @@ def load_decoder(path: str | Path, fingerprint: str | None = None) -> DecoderNet
     Args:
         fingerprint: the network's `model_fingerprint`; a decoder trained on other weights is an error.
     """
-    obj = load_file(path)
-    if not isinstance(obj, dict) or "state_dict" not in obj:
-        raise ValueError(f"{path} is not a decoder file")
-    hp = obj.get("hparams") or obj.get("hyper_parameters")
-    state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
-    trained_on = obj.get("encoder_fingerprint")
-    if fingerprint is not None and trained_on is not None and trained_on != fingerprint:
-        raise ValueError(f"decoder {path} was trained on other weights of the network; retrain it")
-    net = DecoderNet(hp["feature_shape"], hp["image_shape"], hp["width"], hp["num_blocks"])
-    net.load_state_dict(state)
-    return net.eval()
+    net, trained_on = _read_decoder(path)
+    _check_fingerprint(path, trained_on, fingerprint)
+    return net
 
 
 def load_decoders(root: str | Path, model: ZooModel, layers: Sequence[str]) -> dict[str, DecoderNet]:
-    """The decoders of `layers` of a zoo model from `root`; a missing one raises `MissingDecoderError`."""
+    """The decoders of `layers` of a zoo model from `root`; a missing (or corrupt, then deleted) one raises
+    `MissingDecoderError`."""
     fingerprint = model_fingerprint(model.module)
     out = {}
     for layer in layers:
         model.layer_path(layer)  # unknown layers: the zoo's error
         path = decoder_path(root, model.name, model.weights, layer, model.input_size)
-        if not path.is_file():
+        found = load_cached(path, _read_decoder)
+        if found is None:
             raise MissingDecoderError(layer, model.name, model.weights, path)
-        out[layer] = load_decoder(path, fingerprint)
+        _check_fingerprint(path, found[1], fingerprint)
+        out[layer] = found[0]
     return out

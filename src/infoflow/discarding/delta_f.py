@@ -11,23 +11,30 @@ random numbers), so the relative difference of the two estimates measures only t
 limit, not Monte-Carlo noise. `value` is the tau/2 estimate (the closer one to the limit);
 `rel_diff = |v(tau) - v(tau/2)| / v(tau/2)`. All layers come from the same forward passes.
 
-Cache: one file per (model name, weights, layer, input size, normalisation, tau, weight fingerprint);
-the SHA-256 fingerprint of all parameters/buffers makes random initialisations and retrained
-checkpoints at the same path distinct. Files are written atomically and read with weights_only=True.
+Cache: one file per `utils.cache.cache_key` of (model name, weights, layer) and the recipe: input size,
+normalisation, tau, noise draws, seed, the images (SHA-256 of their values) and the weights' fingerprint
+(SHA-256 of all parameters/buffers, so random initialisations and retrained checkpoints at the same path
+are distinct). Files are written atomically and read with weights_only=True; a corrupt one is re-estimated.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from infoflow.discarding.features import LayerFeatures, model_fingerprint, noise_generator
+from infoflow.discarding.features import LayerFeatures, noise_generator
+from infoflow.utils.cache import (
+    cache_file,
+    cache_key,
+    ensure_writable,
+    load_cached,
+    tensor_digest,
+    tensor_fingerprint,
+)
 from infoflow.utils.checkpoint import atomic_save, load_file
 
 
@@ -103,37 +110,16 @@ class DeltaF2Cache:
         self.root = Path(root)
 
     @staticmethod
-    def key(
-        model_name: str,
-        weights: str,
-        layer_path: str,
-        input_size: tuple[int, ...],
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        tau: float,
-        fingerprint: str,
-    ) -> str:
-        spec = {
-            "model": model_name,
-            "weights": str(weights),
-            "layer": layer_path,
-            "input_size": list(input_size),
-            "mean": list(mean),
-            "std": list(std),
-            "tau": tau,
-            "fingerprint": fingerprint,
-        }
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    def key(model_name: str, weights: str, layer_path: str, recipe: Mapping[str, object]) -> str:
+        """`utils.cache.cache_key` of a layer's delta_f² with `recipe` (every setting of the estimate)."""
+        return cache_key(model_name, weights, layer_path, None, {"kind": "delta_f2", **recipe})
 
     def path(self, model_name: str, layer_path: str, key: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model_name}-{layer_path}")
-        return self.root / f"{safe}-{key}.pt"
+        return cache_file(self.root, model_name, layer_path, key)
 
     def get(self, path: Path) -> DeltaF2 | None:
-        if not path.is_file():
-            return None
-        record = load_file(path)
-        return DeltaF2(**record)
+        """The record in `path`; None when missing or corrupt (then it is deleted)."""
+        return load_cached(path, lambda p: DeltaF2(**load_file(p)))
 
     def put(self, path: Path, value: DeltaF2) -> None:
         atomic_save(asdict(value), path)
@@ -158,17 +144,16 @@ def delta_f2_for_model(
     if cache_dir is None:
         return estimate_delta_f2(features, images01, tau, samples, seed, batch_size)
     cache = DeltaF2Cache(cache_dir)
-    fingerprint = model_fingerprint(features.model)
     mean = tuple(features.mean.flatten().tolist())
     std = tuple(features.std.flatten().tolist())
-    size = tuple(images01.shape[1:])
-    paths = {
-        name: cache.path(model_name, p, cache.key(model_name, weights, p, size, mean, std, tau, fingerprint))
-        for name, p in features.paths.items()
-    }
+    recipe = {"input_size": list(images01.shape[1:]), "mean": mean, "std": std, "tau": tau, "samples": samples,
+              "seed": seed, "images": tensor_digest(images01), "fingerprint": tensor_fingerprint(features.model)}
+    paths = {name: cache.path(model_name, p, cache.key(model_name, weights, p, recipe))
+             for name, p in features.paths.items()}
     found = {name: cache.get(path) for name, path in paths.items()}
     missing = [name for name, v in found.items() if v is None]
     if missing:
+        ensure_writable(cache.root)
         sub = LayerFeatures(features.model, {n: features.paths[n] for n in missing}, mean, std)
         for name, value in estimate_delta_f2(sub, images01, tau, samples, seed, batch_size).items():
             cache.put(paths[name], value)

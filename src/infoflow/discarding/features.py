@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.cache import tensor_fingerprint as model_fingerprint  # noqa: F401  (cache keys: utils.cache)
 
 
 class _Stop(Exception):
@@ -58,19 +59,6 @@ def noise_generator(*key: object) -> torch.Generator:
     """
     digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def model_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of all parameters and buffers (names, shapes, values): identifies the exact weights.
-
-    Used in cache keys, so that e.g. two random initialisations (weights ``none``) never share a cache.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted({**dict(module.named_parameters()), **dict(module.named_buffers())}.items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 class LayerFeatures(nn.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
+from infoflow.utils.cache import ensure_writable, load_cached
 from infoflow.utils.checkpoint import atomic_save, load_file
 
 
@@ -83,13 +84,21 @@ class Estimator(Metric):
         return atomic_save({k: v.detach().cpu() for k, v in state.items()}, path)
 
     def load(self, path: str | Path) -> Estimator:
-        """Load sums saved by `save`; the feature shape must match."""
+        """Load sums saved by `save`; the feature shape must match.
+
+        Raises ValueError for a file that is not an estimator of this shape (missing sums, wrong shapes).
+        """
         state = load_file(path)
+        keys = ("shape", "n", "s1", "s2", "nonzero")
+        if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
+            raise ValueError(f"{path} is not an estimator file (needs tensors {', '.join(keys)})")
         shape = tuple(state["shape"].tolist())
         if shape != self.shape:
             raise ValueError(f"estimator file {path} is for features of shape {shape}, not {self.shape}")
+        if state["n"].numel() != 1 or any(tuple(state[k].shape) != self.shape for k in ("s1", "s2", "nonzero")):
+            raise ValueError(f"estimator file {path} holds sums of the wrong shapes for features {self.shape}")
         for key in ("n", "s1", "s2", "nonzero"):
-            setattr(self, key, state[key].to(self.device))
+            setattr(self, key, state[key].to(device=self.device, dtype=torch.float64).reshape(getattr(self, key).shape))
         return self
 
 
@@ -104,15 +113,19 @@ def fit_estimator(
     """Estimate the statistics of ``features(images)`` over at most `max_samples` images of `batches`.
 
     With `cache`, a saved estimator is loaded from that file when it exists, else the fitted one is saved
-    there, so each (model, weights, layer, data) is estimated once.
+    there, so each (model, weights, layer, data, `max_samples`) is estimated once (see `utils.cache`). A
+    corrupt file is deleted and re-estimated; an unwritable cache directory is an error before the work.
     """
     estimator: Estimator | None = None
     for batch in batches:
         f = features(batch["image"].to(device))
         if estimator is None:
             estimator = Estimator(tuple(f.shape[1:])).to(device)
-            if cache is not None and Path(cache).is_file():
-                return estimator.load(cache)
+            if cache is not None:
+                loaded = load_cached(cache, estimator.load)
+                if loaded is not None:
+                    return loaded
+                ensure_writable(Path(cache).parent)
         estimator.update(f[: max_samples - int(estimator.n)])
         if estimator.n >= max_samples:
             break

@@ -31,15 +31,16 @@ from infoflow.iba.per_sample import IBAResult
 from infoflow.interface import METHODS, Attribution, as_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.cache import LOADER_KEYS, SELECTION_KEYS, data_signature, ensure_writable, load_cached
+from infoflow.utils.cache import tensor_fingerprint as weights_fingerprint
 from infoflow.utils.checkpoint import load_file
 
 #: key of the metadata in readout checkpoints (Lightning ``.ckpt`` or the exported ``readout.pt``)
 META_KEY = "readout_meta"
 #: prefix of the readout's weights in a checkpoint's ``state_dict``
 STATE_PREFIX = "readout."
-#: data-config keys that do not change what the data look like (loader settings, split sizes, annotations)
-_DATA_KEYS_IGNORED = {"batch_size", "num_workers", "num_train", "num_val", "num_test", "bbox_dir", "val_path",
-                      "val_fraction"}
+#: data-config keys a trained readout does not depend on: loader settings and the choice of examples
+_DATA_KEYS_IGNORED = LOADER_KEYS | SELECTION_KEYS
 
 
 @dataclass
@@ -255,7 +256,7 @@ def setup_meta(model: ZooModel, layer: str | None = None, data: Mapping[str, Any
         "weights_fingerprint": weights_fingerprint(model.module),
         "num_classes": model.num_classes,
         "input_size": list(model.input_size),
-        "data": data_signature(data) if data is not None else None,
+        "data": data_signature(data, _DATA_KEYS_IGNORED),
     }
     if layer is not None:
         meta["layer"], meta["layer_path"] = layer, model.layer_path(layer)
@@ -265,21 +266,6 @@ def setup_meta(model: ZooModel, layer: str | None = None, data: Mapping[str, Any
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resizing of (N, C, H, W) maps to `size` (a no-op at that size already)."""
     return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def weights_fingerprint(module: nn.Module) -> list[float]:
-    """Sum and L2 norm of every state tensor (float64): equal weights give equal fingerprints."""
-    values = []
-    with torch.no_grad():
-        for t in module.state_dict().values():
-            t = t.detach().double()
-            values += [float(t.sum()), float(t.norm())]
-    return values
-
-
-def data_signature(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The data config without the keys that do not change the images (`_DATA_KEYS_IGNORED`)."""
-    return {k: v for k, v in sorted(data.items()) if k not in _DATA_KEYS_IGNORED}
 
 
 def check_meta(found: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
@@ -295,8 +281,9 @@ def check_meta(found: Mapping[str, Any], expected: Mapping[str, Any], source: st
         if key in expected and _as_list(found[key]) != _as_list(expected[key]):
             problems.append(f"{what}: checkpoint {found[name]!r}, now {expected[name]!r}")
     if found["model"] == expected["model"]:
-        a, b = torch.tensor(found["weights_fingerprint"]), torch.tensor(expected["weights_fingerprint"])
-        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+        if not isinstance(found["weights_fingerprint"], str):
+            problems.append("classifier weights: the checkpoint records them in an older format; retrain it")
+        elif found["weights_fingerprint"] != expected["weights_fingerprint"]:
             hint = " (random weights differ between processes: save them and pass weights=<file>)" * (
                 found["weights"] == expected["weights"] == "none")
             problems.append(f"classifier weights: checkpoint trained with weights={found['weights']!r}, "
@@ -334,14 +321,16 @@ def fit_statistics(
     ``caches[name]`` instead; fitted ones are saved there by rank 0.
     """
     device = readout.bottleneck.mean.device
-    cached = set(cached)
     estimators = {name: Estimator(readout.shapes[path]).to(device) for name, path in readout.stat_layers.items()}
-    for name in cached:
-        assert caches is not None
-        estimators[name].load(caches[name])
-    todo = [name for name in estimators if name not in cached]
+    # a corrupt cache file is deleted and re-estimated (on every rank alike)
+    loaded = {name for name in cached
+              if caches is not None and load_cached(caches[name], estimators[name].load) is not None}
+    todo = [name for name in estimators if name not in loaded]
     if not todo:
         return estimators
+    if rank == 0 and caches is not None:
+        for name in todo:
+            ensure_writable(Path(caches[name]).parent)
     dataset = loader.dataset
     indices = range(rank, min(len(dataset), max_samples), world_size)  # type: ignore[arg-type]
     shard = DataLoader(Subset(dataset, indices), batch_size=loader.batch_size, num_workers=loader.num_workers,

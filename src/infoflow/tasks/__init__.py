@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from infoflow.registry import Registry
+from infoflow.utils.cache import using_cache_dir
 
 if TYPE_CHECKING:  # the skeleton imports Lightning: not needed to fail fast on a bad command line
     from infoflow.tasks.skeleton import TrainingTask
@@ -18,7 +19,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     """Run the task ``cfg.task.name`` (see `infoflow.tasks.skeleton`); return its final metrics."""
     from infoflow.tasks.skeleton import run_training
 
-    return run_training(TASKS.get(cfg.task.name)(cfg))
+    with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
+        return run_training(TASKS.get(cfg.task.name)(cfg))
 
 
 from infoflow.tasks import classifier, decoder, default_weights, distill, prune, readout  # noqa: E402,F401

@@ -17,6 +17,7 @@ from infoflow.discarding import LayerDecoder, decoder_path
 from infoflow.models.zoo import ZooModel
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
+from infoflow.utils.cache import ensure_writable
 
 
 @TASKS.register("decoder")
@@ -24,6 +25,9 @@ class DecoderTask(TrainingTask):
     """Fit the decoder of `cfg.layer` of `cfg.model` (with `cfg.weights`, frozen) on `cfg.data`; save it."""
 
     test = False
+
+    def check(self) -> None:
+        ensure_writable(self.cfg.task.decoder_dir, "task.decoder_dir (default: paths.cache_dir/decoders)")
 
     def build_module(self, dm: ImageDataModule) -> LayerDecoder:
         cfg = self.cfg

@@ -234,7 +234,8 @@ class ReadoutTask(TrainingTask):
         assert isinstance(data, dict)
         return ReadoutModule(
             readout, beta=cfg.beta, lr=task.lr, meta=readout.meta(data), estimator_samples=task.estimator_samples,
-            estimator_caches={name: cache_path(cfg, "estimators", name) for name in readout.stat_layers},
+            estimator_caches={name: cache_path(cfg, "estimators", name, samples=task.estimator_samples)
+                              for name in readout.stat_layers},
             num_heatmaps=task.num_heatmaps, objective_beta=task.objective_beta, output_dir=cfg.paths.output_dir,
             class_names=list(dm.class_names),
         )
