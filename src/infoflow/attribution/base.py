@@ -66,5 +66,6 @@ def empty_maps(inputs: torch.Tensor) -> torch.Tensor:
     """The (0, H, W) maps of an empty batch `inputs` (0, C, H, W)."""
     return inputs.new_zeros((0, *inputs.shape[2:]))
 
+
 #: attribution methods by name: ``METHODS.get(name)(model, **kwargs) -> Attribution``
 METHODS: Registry[Any] = Registry("method")
