@@ -19,6 +19,7 @@ from infoflow.iba.estimator import Estimator, fit_estimator
 from infoflow.models import pretrained
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.models.zoo import get_model
+from infoflow.tasks import default_weights
 from infoflow.utils.cache import (
     LOADER_KEYS,
     CorruptCacheWarning,
@@ -130,7 +131,7 @@ def test_broken_default_weights_are_retrained(tmp_path: Path, monkeypatch: pytes
     torch.manual_seed(1)
     fresh = ShapesNet(4).state_dict()
     calls = []
-    monkeypatch.setattr(pretrained, "train_shapesnet", lambda n: calls.append(n) or fresh)  # minutes otherwise
+    monkeypatch.setattr(default_weights, "train_shapesnet", lambda n: calls.append(n) or fresh)  # minutes otherwise
     for broken in (b"garbage", None):
         path = pretrained.default_weights_path(4, tmp_path)
         if broken is None:  # keys of another network
@@ -192,7 +193,7 @@ def test_an_unwritable_cache_dir_fails_before_the_work(tmp_path: Path, monkeypat
     def no_training(n: int) -> None:
         raise AssertionError("must not train into an unwritable cache")
 
-    monkeypatch.setattr(pretrained, "train_shapesnet", no_training)
+    monkeypatch.setattr(default_weights, "train_shapesnet", no_training)
     with pytest.raises(DataError, match=str(bad)):
         pretrained.shapesnet_default_state_dict(4, root=bad)
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
@@ -239,7 +240,7 @@ def test_paths_cache_dir_moves_the_default_weights_and_every_cache(
     def no_training(n: int) -> None:
         raise AssertionError("the default weights should come from paths.cache_dir")
 
-    monkeypatch.setattr(pretrained, "train_shapesnet", no_training)
+    monkeypatch.setattr(default_weights, "train_shapesnet", no_training)
     with using_cache_dir(moved):  # Python use: the same setting without Hydra
         model = get_model("shapesnet", "default")
     assert all(torch.equal(model.module.state_dict()[k], v) for k, v in mine.items())

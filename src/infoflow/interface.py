@@ -14,6 +14,7 @@ import torch
 
 from infoflow.models.zoo import ZooModel
 from infoflow.registry import Registry
+from infoflow.utils.validation import as_target
 
 
 class Attribution:
@@ -48,14 +49,18 @@ class Attribution:
         """Attribution maps.
 
         Args:
-            inputs: images (N, C, H, W), normalised as the model expects.
-            target: class index per image (N,), or one int for all.
+            inputs: images (N, C, H, W), float32 (the model's dtype), normalised as the model expects.
+            target: integer class index per image (N,), or one int for all.
         Returns:
-            (N, H, W) float tensor on the inputs' device, in `self.unit`.
+            (N, H, W) float tensor on the inputs' device, in `self.unit`. For N = 0 an empty (0, H, W)
+            tensor, without running the model.
+        Raises:
+            InputError: for NaN, inf or absurd pixel values, another dtype or shape, float or bool targets,
+                a target of the wrong length or out of range (see `infoflow.utils.validation`).
         """
-        self.model.check_inputs(inputs)
-        target = as_target(target, inputs.shape[0], inputs.device)
-        self.model.check_target(target)
+        target = check_inputs_and_target(self.model, inputs, target)
+        if inputs.shape[0] == 0:
+            return empty_maps(inputs)
         return self._attribute(inputs, target)
 
     def attribute_batch(self, batch: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -71,14 +76,15 @@ class Attribution:
         )
 
 
-def as_target(target: torch.Tensor | int | list[int], n: int, device: torch.device) -> torch.Tensor:
-    """Broadcast an int / list / tensor target to a (N,) int64 tensor."""
-    t = torch.as_tensor(target, device=device, dtype=torch.long).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target has {t.numel()} entries for {n} images")
-    return t
+def check_inputs_and_target(model: ZooModel, inputs: torch.Tensor, target: Any) -> torch.Tensor:
+    """Check `inputs` for `model` (raising an `InputError`) and return `target` as (N,) int64 class indices."""
+    model.check_inputs(inputs)
+    return as_target(target, inputs.shape[0], inputs.device, model.num_classes, model.name)
+
+
+def empty_maps(inputs: torch.Tensor) -> torch.Tensor:
+    """The (0, H, W) maps of an empty batch `inputs` (0, C, H, W)."""
+    return inputs.new_zeros((0, *inputs.shape[2:]))
 
 
 #: attribution methods by name: ``METHODS.get(name)(model, **kwargs) -> Attribution``

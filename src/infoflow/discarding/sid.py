@@ -40,6 +40,7 @@ import torch
 from infoflow.discarding.delta_f import DeltaF2, delta_f2_for_model
 from infoflow.discarding.features import LayerFeatures, noise_generator, resolve_layers
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.validation import check_images
 
 #: entropy of a unit Gaussian, 0.5 * log(2 pi e), nats
 ENTROPY_CONST = 0.5 * math.log(2 * math.pi * math.e)
@@ -242,6 +243,7 @@ def compute_sid(
         delta_f2: layer name -> delta_f² (float or `DeltaF2`), e.g. from `delta_f2_for_model`.
         layers: a subset of `features.paths` (names), in the order wanted in the result.
     """
+    check_images(images01, dtype=next((p.dtype for p in features.parameters() if p.is_floating_point()), None))
     if images01.dim() != 4 or images01.shape[0] == 0:
         raise ValueError(f"images must be (N, C, H, W) with N >= 1, got {tuple(images01.shape)}")
     if images01.min() < -0.05 or images01.max() > 1.05:

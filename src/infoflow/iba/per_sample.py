@@ -11,15 +11,17 @@ units of 1/k), computed faster with unchanged results:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from infoflow.errors import ConfigError
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
-from infoflow.interface import METHODS, Attribution
+from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 
@@ -45,6 +47,22 @@ class IBAResult:
         """(N,) total information in bits that passes the bottleneck."""
         return self.heatmap.sum((1, 2))
 
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], feature_shape: tuple[int, ...], device: torch.device) -> IBAResult:
+        """The result for a batch of 0 images: heatmap (0, H, W), capacity (0, C, h, w), probabilities (0,)."""
+        return cls(torch.zeros((0, *image_size), device=device), torch.zeros((0, *feature_shape), device=device),
+                   torch.zeros(0, device=device), torch.zeros(0, device=device))
+
+
+def check_beta(beta: float) -> None:
+    """Raise a `ConfigError` unless the information loss weight `beta` is a finite number >= 0."""
+    try:
+        valid = not isinstance(beta, bool) and math.isfinite(float(beta)) and float(beta) >= 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"beta must be a finite number >= 0 (0: no information penalty), got {beta!r}")
+
 
 def noise_generators(seed: int | None, n: int, device: torch.device) -> list[torch.Generator] | None:
     """One generator per image, seeded ``seed + i``, so image i draws the same noise in any batch."""
@@ -67,7 +85,8 @@ class PerSampleIBA(Attribution):
     Args:
         model: the zoo model (frozen during the fit).
         layer: paper layer name or module path.
-        beta: weight of the information loss, in units of 1/k (k = C*h*w), so beta=10 means 10/k.
+        beta: weight of the information loss, in units of 1/k (k = C*h*w), so beta=10 means 10/k; finite and
+            >= 0. beta=0 is valid: no information penalty, the mask only keeps the target's probability.
         steps, lr, copies, init_alpha: optimisation settings (reference: 10, 1.0, 10, 5.0).
         sigma: Gaussian smoothing of lam, in feature pixels (reference: 1).
         batch_size: images fitted at once.
@@ -97,8 +116,7 @@ class PerSampleIBA(Attribution):
         use_fx: bool = True,
     ) -> None:
         super().__init__(model)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         self.layer = model.layer_path(layer)
         self.beta, self.steps, self.lr, self.copies = beta, steps, lr, copies
         self.init_alpha, self.sigma, self.batch_size, self.seed = init_alpha, sigma, batch_size, seed
@@ -123,14 +141,17 @@ class PerSampleIBA(Attribution):
         return self.explain(inputs, target).heatmap
 
     def explain(self, inputs: torch.Tensor, target: torch.Tensor | int) -> IBAResult:
-        """Fit the bottleneck to each image and return heatmaps, capacities and probabilities."""
+        """Fit the bottleneck to each image and return heatmaps, capacities and probabilities.
+
+        Inputs and target are checked as in `attribute`; 0 images give an empty result.
+        """
         if self.bottleneck is None:
             raise NotEstimatedError(
                 "PerSampleIBA needs the layer's feature statistics: call .fit(dataloader) or pass estimator="
             )
-        self.model.check_inputs(inputs)
-        target = torch.as_tensor(target, device=inputs.device).long().reshape(-1).expand(inputs.shape[0])
-        self.model.check_target(target)
+        target = check_inputs_and_target(self.model, inputs, target)
+        if inputs.shape[0] == 0:
+            return IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
         generators = noise_generators(self.seed, inputs.shape[0], inputs.device)
         parts = [
             self._fit_chunk(inputs[i : i + self.batch_size], target[i : i + self.batch_size],

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError
 from infoflow.iba.per_sample import IBAResult
-from infoflow.interface import METHODS, Attribution, as_target
+from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.cache import LOADER_KEYS, SELECTION_KEYS, data_signature, ensure_writable, load_cached
@@ -399,9 +399,9 @@ class ReadoutIBA(Attribution):
     @torch.no_grad()
     def explain(self, inputs: torch.Tensor, target: torch.Tensor | int) -> IBAResult:
         """Heatmaps, capacities and target probabilities with (one noise draw) and without the bottleneck."""
-        self.model.check_inputs(inputs)
-        target = as_target(target, inputs.shape[0], inputs.device)
-        self.model.check_target(target)
+        target = check_inputs_and_target(self.model, inputs, target)
+        if inputs.shape[0] == 0:
+            return IBAResult.empty(tuple(inputs.shape[-2:]), self.readout.feature_shape, inputs.device)
         parts = []
         for i in range(0, inputs.shape[0], self.batch_size):
             x, t = inputs[i : i + self.batch_size], target[i : i + self.batch_size, None]

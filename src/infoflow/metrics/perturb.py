@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.validation import as_target
 
 #: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
 Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor] | ZooModel
@@ -45,12 +46,7 @@ def check_batch(
         raise ValueError(f"expected images (N, C, {size[0]}, {size[1]}), got {tuple(images.shape)}")
     if maps is not None:
         check_maps(maps, (images.shape[0], *size))
-    target = torch.as_tensor(target, dtype=torch.long, device=images.device).reshape(-1)
-    if target.numel() == 1:
-        target = target.expand(images.shape[0])
-    if target.numel() != images.shape[0]:
-        raise ValueError(f"target has {target.numel()} entries for {images.shape[0]} images")
-    return target
+    return as_target(target, images.shape[0], images.device)
 
 
 def check_maps(maps: torch.Tensor, shape: tuple[int, ...]) -> None:

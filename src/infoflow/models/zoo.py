@@ -22,6 +22,7 @@ from infoflow.models.layers import resnet_layers, shapesnet_layers, vgg_layers
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.registry import Registry
 from infoflow.utils.checkpoint import CheckpointError, load_state_dict_file
+from infoflow.utils.validation import check_class_indices, check_images
 
 
 @dataclass(frozen=True)
@@ -95,19 +96,14 @@ class ZooModel:
         return [n for n in self.layers if n.startswith("conv")]
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
-        """Raise a clear error unless `inputs` is a batch (N, C, H, W) of the expected image size."""
-        if inputs.dim() != 4 or tuple(inputs.shape[1:]) != tuple(self.input_size):
-            raise ValueError(
-                f"model {self.name!r} expects images of shape (N, {', '.join(map(str, self.input_size))}),"
-                f" got {tuple(inputs.shape)}"
-            )
+        """Raise an `InputError` unless `inputs` is a finite batch (N, C, H, W) of the expected image size and of
+        the network's dtype (float32 unless converted); see `infoflow.utils.validation`. N may be 0."""
+        dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), None)
+        check_images(inputs, self.input_size, dtype, self.name)
 
     def check_target(self, target: torch.Tensor) -> None:
-        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
-            raise ValueError(
-                f"target out of range: model {self.name!r} has {self.num_classes} classes (0..{self.num_classes - 1}),"
-                f" got {target.tolist()}"
-            )
+        """Raise an `InputError` unless `target` holds integer class indices of this model."""
+        check_class_indices(target, self.num_classes, self.name)
 
 
 def list_models() -> list[str]:
