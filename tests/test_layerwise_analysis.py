@@ -35,7 +35,7 @@ def _fake_sid(layers: list[str], size: int) -> SIDResult:
     n, layer_count = 1, len(layers)
     log_sigma = torch.zeros(n, layer_count, size, size)
     ones = torch.ones(n, layer_count)
-    return SIDResult(layers, log_sigma, ones, ones, ones * 0, ones[0], 3, 0.05)
+    return SIDResult(layers, log_sigma, ones, ones, ones * 0, ones, ones * 0, ones * 64, ones[0], 3, 0.05)
 
 
 def _evaluate(tmp_path: Path, *overrides: str) -> dict:
