@@ -55,21 +55,38 @@ def plot_grid(
     path: str | Path,
     provenance: str = "",
     row_titles: Sequence[str] | None = None,
+    unit: str | None = None,
 ) -> Path:
-    """Grid: one row per image (N, 3, H, W), the image then one column per method's maps (N, H, W)."""
+    """Grid: one row per image (N, 3, H, W), the image then one column per method's maps (N, H, W).
+
+    With `unit`, every map panel shares one colour scale (min to max over all maps) shown by one colour bar
+    labelled `unit`; without it each panel is scaled on its own.
+    """
     n, cols = images.shape[0], 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
+    arrays = {name: m.detach().float().cpu().numpy() for name, m in maps.items()}
+    shared = {}
+    if unit is not None and arrays:
+        values = np.concatenate([a.ravel() for a in arrays.values()])
+        values = values[np.isfinite(values)]
+        if values.size:
+            shared = {"vmin": float(values.min()), "vmax": float(values.max())}
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols + (0.6 if unit else 0), 1.6 * n), squeeze=False)
+    im = None
     for i in range(n):
         axes[i, 0].imshow(_rgb(images[i]))
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=6)
-        for j, (name, m) in enumerate(maps.items(), start=1):
-            axes[i, j].imshow(m[i].detach().float().cpu().numpy(), cmap="jet")
+        for j, (name, a) in enumerate(arrays.items(), start=1):
+            im = axes[i, j].imshow(a[i], cmap="jet", **shared)
             if i == 0:
                 axes[i, j].set_title(name, fontsize=7, rotation=30)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    if unit is not None and im is not None:
+        bar = fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), fraction=0.03, pad=0.02)
+        bar.set_label(unit, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     return save_figure(fig, path, provenance)
 
 

@@ -250,39 +250,60 @@ class _Draws:
             se[i] = v.std() / math.sqrt(len(v)) if len(v) > 1 else math.nan
         return rho, se, n
 
-    def grow(self, els: Sequence[int], stream: str, log_sigma: torch.Tensor) -> None:
+    def grow(self, els: Sequence[int], stream: str, log_sigma: torch.Tensor) -> bool:
         """Add blocks of `stream` until each element's relative standard error is at most the config's goal,
-        or it has `max_eval_samples` draws. Each round adds the blocks the current spread says are needed."""
+        or it has `max_eval_samples` draws; whether any were added. Each round adds the blocks the current
+        spread says are needed (with 20 % to spare)."""
         cfg = self.problem.cfg
         cap = max(1, math.ceil(cfg.max_eval_samples / cfg.eval_samples))
+        grew = False
         while True:
             rho, se, _ = self.stats(els)
             new = {}
             for e, r, s in zip(els, rho.tolist(), se.tolist(), strict=True):
                 have = len(self.blocks[e])
-                if have >= cap or (s <= cfg.se_goal * abs(r)):
+                if have >= cap or s <= cfg.se_goal * abs(r):
                     continue
-                want = have * 2 if math.isnan(s) or r == 0 else math.ceil(1.2 * have * (s / (cfg.se_goal * r)) ** 2)
+                want = 2 * have if math.isnan(s) or r == 0 else math.ceil(1.2 * have * (s / (cfg.se_goal * r)) ** 2)
                 new[e] = self.next_blocks(e, stream, min(cap, max(want, have + 1)) - have)
             if not new:
-                return
+                return grew
             self.add(new, log_sigma)
+            grew = True
+
+
+def _rescale(draws: _Draws, els: Sequence[int], log_sigma: torch.Tensor) -> None:
+    """Shift `log_sigma` (in place) of elements `els` until |rho - 1| <= tol / 5 on their current draws, at most
+    `projection_iters` times. The first shift is -0.5 log rho (rho ~ sigma², a locally linear h); later ones
+    use the slope d log rho / d log sigma measured by the previous shift (secant), as deep layers of ReLU
+    networks can respond far more weakly."""
+    cfg = draws.problem.cfg
+    slope = {e: 2.0 for e in els}
+    last: dict[int, tuple[float, float]] = {}  # element -> (its log rho, the shift applied after it)
+    for _ in range(cfg.projection_iters):
+        rho, _, _ = draws.stats(els)
+        log_rho = dict(zip(els, rho.clamp_min(1e-12).log().tolist(), strict=True))
+        off = [e for e in els if abs(math.exp(log_rho[e]) - 1) > cfg.tol / 5]
+        if not off:
+            return
+        shifts = []
+        for e in off:
+            if e in last and abs(last[e][1]) > 1e-9:
+                slope[e] = min(4.0, max(0.25, (log_rho[e] - last[e][0]) / last[e][1]))
+            shifts.append(-log_rho[e] / slope[e])
+            last[e] = (log_rho[e], shifts[-1])
+        log_sigma[off] += torch.tensor(shifts, dtype=log_sigma.dtype, device=log_sigma.device).view(-1, 1, 1, 1)
+        draws.recompute(off, log_sigma)
 
 
 def _settle(draws: _Draws, els: Sequence[int], log_sigma: torch.Tensor, stream: str, grow: bool) -> None:
-    """Shift `log_sigma` (in place) by -0.5 log rho per element of `els` until |rho - 1| <= tol / 5 on its draws
-    (at most `projection_iters` times), with more draws of `stream` first if `grow` (see `_Draws.grow`)."""
-    cfg = draws.problem.cfg
-    for _ in range(cfg.projection_iters):
-        if grow:
-            draws.grow(els, stream, log_sigma)
-        rho, _, _ = draws.stats(els)
-        off = [e for e, r in zip(els, rho.tolist(), strict=True) if abs(r - 1) > cfg.tol / 5]
-        if not off:
+    """`_rescale` onto the constraint; with `grow`, first and after each rescaling more draws of `stream` until
+    rho's standard error is small enough (`_Draws.grow`), rescaling again when draws were added."""
+    _rescale(draws, els, log_sigma)
+    for _ in range(4 if grow else 0):
+        if not draws.grow(els, stream, log_sigma):
             return
-        shift = 0.5 * rho[[els.index(e) for e in off]].clamp_min(1e-12).log().to(log_sigma)
-        log_sigma[off] -= shift.view(-1, 1, 1, 1)
-        draws.recompute(off, log_sigma)
+        _rescale(draws, els, log_sigma)
 
 
 def _meet_constraint(problem: _Problem, log_sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -294,8 +315,7 @@ def _meet_constraint(problem: _Problem, log_sigma: torch.Tensor) -> tuple[torch.
     els = list(range(len(problem.elements)))
     proj = _Draws(problem)
     proj.add({e: proj.next_blocks(e, "eval", 1) for e in els}, log_sigma)
-    _settle(proj, els, log_sigma, "eval", grow=False)  # cheap: close to 1 on the first block
-    _settle(proj, els, log_sigma, "eval", grow=True)
+    _settle(proj, els, log_sigma, "eval", grow=True)  # close to 1 on the first block first (cheap), then grow
     fresh = _Draws(problem)
     pending = els
     for round_ in range(cfg.fresh_rounds + 1):
