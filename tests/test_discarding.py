@@ -245,8 +245,9 @@ def _default_model_constraint(default_shapesnet, layers: list[str], images: int,
 
 
 def test_default_model_meets_the_constraint_in_expectation_at_conv4_and_fc(default_shapesnet):
-    """The trained default shapesnet's fc is where a fixed 32 or 64 draws missed by up to 35 %."""
-    _default_model_constraint(default_shapesnet, ["conv4", "fc"], 2, SIDConfig(steps=30, eval_samples=32, tol=0.1))
+    """The trained default shapesnet's fc is where a fixed 32 or 64 draws missed by up to 35 % (one image and a
+    10 % tolerance keep this quick; the slow test below covers every layer at the default 5 %)."""
+    _default_model_constraint(default_shapesnet, ["conv4", "fc"], 1, SIDConfig(steps=30, eval_samples=32, tol=0.1))
 
 
 @pytest.mark.slow

@@ -220,6 +220,7 @@ class _Draws:
         b = len(problem.elements)
         self.blocks: list[list[tuple[str, int]]] = [[] for _ in range(b)]
         self.values: list[torch.Tensor] = [torch.empty(0) for _ in range(b)]
+        self.slope = [2.0] * b  # d log rho / d log sigma, learnt by `_rescale`
 
     def add(self, new: Mapping[int, Sequence[tuple[str, int]]], log_sigma: torch.Tensor) -> None:
         """Draw the blocks `new[e]` for each element e and append their ratios."""
@@ -278,7 +279,7 @@ def _rescale(draws: _Draws, els: Sequence[int], log_sigma: torch.Tensor) -> None
     use the slope d log rho / d log sigma measured by the previous shift (secant), as deep layers of ReLU
     networks can respond far more weakly."""
     cfg = draws.problem.cfg
-    slope = {e: 2.0 for e in els}
+    slope = draws.slope
     last: dict[int, tuple[float, float]] = {}  # element -> (its log rho, the shift applied after it)
     for _ in range(cfg.projection_iters):
         rho, _, _ = draws.stats(els)
