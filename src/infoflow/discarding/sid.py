@@ -1,6 +1,6 @@
 """Strict information discarding (SID, later called CID), per image and layer, batched over layers.
 
-Decisions (see REFERENCE.md §4 and the SID/RU paper, section 3):
+Decisions (see the SID/RU paper, section 3):
 
 - **Noise space.** Images live in the [0, 1] pixel space; the noisy input is ``x' = x + sigma * delta``
   with ``delta ~ N(0, I)`` there, and the network sees ``normalise(x')`` (no clamping, which would break
