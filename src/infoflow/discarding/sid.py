@@ -15,12 +15,15 @@ Decisions (see the SID/RU paper, section 3):
   step) together with dual ascent on ``log lambda`` per (image, layer): ``log lambda -= dual_lr * log rho``
   (for a locally linear h the optimum for a given lambda has ``rho = lambda / 2``, hence ``lambda = 2`` to
   start). The optimisation then ends with a projection onto the constraint ``E[rho] = 1`` in expectation, not
-  on a particular set of draws: ``log sigma`` is shifted by ``-0.5 log rho`` (a global rescaling of sigma,
-  which keeps the map's shape) until ``|rho - 1| <= tol / 5`` on the element's projection draws, and the
+  on a particular set of draws: ``log sigma`` is shifted by ``-log rho / s`` (a global rescaling of sigma,
+  which keeps the map's shape; ``s = 2`` first, as rho ~ sigma² for a locally linear h, then the slope
+  ``d log rho / d log sigma`` measured by the previous shift, since deep ReLU layers can respond much more
+  weakly) until ``|rho - 1| <= tol / 5`` on the element's projection draws, and the
   draws are increased (in blocks of `eval_samples`, up to `max_eval_samples`) until the Monte-Carlo standard
   error of rho is at most `target_se` (default ``tol / 4``) relative to rho. Per draw, ``||h(x') - f||²`` can
   be far from Gaussian (at a classifier's last layers a few directions dominate, spread/mean ~ 1), so a
-  fixed small number of draws would meet the constraint on those draws only.
+  fixed small number of draws would meet the constraint on those draws only. Noise block k of stream s of an
+  element comes from its own generator seeded by (seed, image index, layer name, s, k).
 - **Fresh check.** rho is then re-estimated on draws from an independent generator stream (again until its
   standard error is at most `target_se`): ``ratio_fresh``. Where ``|ratio_fresh - 1| > tol``, the projection
   is repeated on the union of the projection and the fresh draws and checked on a new fresh stream (at most
