@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import pytorch_lightning as pl
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from infoflow.data.shapes import ShapesDataModule
 from infoflow.discarding import (
     ENTROPY_CONST,
     DeltaF2,
@@ -35,10 +37,12 @@ from infoflow.discarding import (
     rescale_adjacent_layers,
     resolve_layers,
 )
+from infoflow.models.pretrained import cache_dir, default_weights_version
 from infoflow.models.zoo import get_model
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 LAYERS = {"conv1": "0", "conv2": "2", "conv3": "5"}
+_USER_CACHE = cache_dir()  # read at import, before each test points $INFOFLOW_CACHE at a temp dir
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +112,10 @@ def test_linear_model_matches_closed_form():
     assert torch.allclose(result.maps, result.log_sigma + 0.5 * math.log(2 * math.pi * math.e))
 
 
-def _independent_ratio(features: LayerFeatures, x: torch.Tensor, sid, df2, layer: str, samples: int = 256):
-    """E||h(x + sigma delta) - f||² / (alpha delta_f²) per image on fresh noise."""
+def _independent_ratio(
+    features: LayerFeatures, x: torch.Tensor, sid, df2, layer: str, samples: int = 256, with_se: bool = False
+):
+    """E||h(x + sigma delta) - f||² / (alpha delta_f²) per image on fresh noise (and its standard error)."""
     j = sid.layers.index(layer)
     sigma = sid.log_sigma[:, j].exp()[:, None, None]
     g = torch.Generator().manual_seed(123)
@@ -117,7 +123,8 @@ def _independent_ratio(features: LayerFeatures, x: torch.Tensor, sid, df2, layer
     with torch.no_grad():
         f = features(x)[layer]
         fp = features((x[:, None] + sigma * noise).flatten(0, 1))[layer].view(x.shape[0], samples, -1)
-    return (fp - f.flatten(1)[:, None]).pow(2).sum(-1).mean(1) / (1.5e-4 * df2[layer].value)
+    d = (fp - f.flatten(1)[:, None]).pow(2).sum(-1) / (1.5e-4 * df2[layer].value)
+    return (d.mean(1), d.std(1) / math.sqrt(samples)) if with_se else d.mean(1)
 
 
 def test_constraint_holds_at_the_end():
@@ -156,6 +163,98 @@ def test_rows_per_forward_do_not_change_the_result():
     one = compute_sid(features, x, df2, SIDConfig(steps=10, eval_samples=8))
     chunked = compute_sid(features, x, df2, SIDConfig(steps=10, eval_samples=8, max_rows=8))
     assert torch.allclose(one.log_sigma, chunked.log_sigma, atol=1e-4)
+
+
+def _scalar_linear(n: int = 64, seed: int = 0) -> tuple[LayerFeatures, torch.Tensor]:
+    """h(x) = w . x, one output: ||h(x') - f||² = (w . sigma delta)² is a chi² with 1 degree of freedom
+    times its mean (spread / mean = sqrt 2), the hardest case for a fixed small number of draws."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(1, n, generator=g) * torch.linspace(0.2, 3, n)
+    linear = nn.Linear(n, 1, bias=False)
+    linear.weight.data = w
+    return LayerFeatures(nn.Sequential(nn.Flatten(), linear), {"lin": "1"}, [0.0], [1.0]), w
+
+
+def _exact_ratio(sid, w: torch.Tensor, delta_f2: float) -> torch.Tensor:
+    """(N,) E||w . (sigma delta)||² / (alpha delta_f²) in closed form for the single layer of `sid`."""
+    return (sid.log_sigma[:, 0].exp().pow(2).flatten(1) * w.pow(2)).sum(1) / (SIDConfig().alpha * delta_f2)
+
+
+def test_constraint_holds_in_expectation_not_only_on_the_projection_draws():
+    """With the draws fixed at a few (the projection as it was), the closed-form E rho misses 1 by far more than
+    the tolerance, while the in-sample ratio is within tol / 5; with the adaptive draws and the fresh check it
+    is within the tolerance for every image, and the fresh ratio is an honest estimate of it."""
+    features, w = _scalar_linear()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    df2 = w.pow(2).sum().item()
+    few = SIDConfig(steps=40, eval_samples=16, max_eval_samples=16, fresh_rounds=0)
+    with pytest.warns(UserWarning, match="not met within 5% on fresh noise draws"):
+        old = compute_sid(features, x, {"lin": df2}, few)
+    assert ((old.ratio - 1).abs() <= few.tol / 5).all()  # met on its own draws ...
+    assert (_exact_ratio(old, w, df2) - 1).abs().max() > 2 * few.tol  # ... but not in expectation
+
+    new = compute_sid(features, x, {"lin": df2}, SIDConfig(steps=40, eval_samples=16))
+    exact = _exact_ratio(new, w, df2)
+    assert ((exact - 1).abs() <= new.tol).all(), exact
+    assert new.converged.all() and ((new.ratio_fresh - 1).abs() <= new.tol).all()
+    assert ((new.ratio_fresh - exact[:, None]).abs() <= 4 * new.ratio_fresh_se).all()  # honest error bars
+    assert (new.ratio_fresh_se <= 1.1 * new.tol / 4).all() and (new.ratio_se <= 1.1 * new.tol / 4).all()
+    assert (new.draws > 16).all()  # more draws were needed than the first block
+
+
+def test_fresh_ratio_outside_the_tolerance_is_a_warning_naming_the_pairs():
+    features, w = _scalar_linear()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    cfg = SIDConfig(steps=10, eval_samples=4, max_eval_samples=4, fresh_rounds=0)
+    with pytest.warns(UserWarning) as record:
+        sid = compute_sid(features, x, {"lin": w.pow(2).sum().item()}, cfg)
+    message = str(record[-1].message)
+    bad = (~sid.converged).nonzero().tolist()
+    assert bad and ((sid.ratio_fresh - 1).abs() > cfg.tol).eq(~sid.converged).all()
+    for i, _ in bad:
+        assert f"(image {i}, lin: {sid.ratio_fresh[i, 0]:.3f} +- " in message
+    assert message.count("(image ") == len(bad)
+
+
+@pytest.fixture
+def default_shapesnet(_isolated_cache):
+    """The default (trained) shapesnet: its cached weights are copied from the user's cache when there (read
+    only), else trained once into the test session's cache (minutes)."""
+    name = f"shapesnet-c4-{default_weights_version()}.pt"
+    if (_USER_CACHE / name).is_file() and not (_isolated_cache / name).is_file():
+        _isolated_cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_USER_CACHE / name, _isolated_cache / name)
+    dm = ShapesDataModule(num_classes=4, num_test=16)
+    dm.setup("test")
+    images01 = dm.denormalize(next(iter(dm.test_dataloader()))["image"])
+    return get_model("shapesnet", "default", num_classes=4, input_size=dm.input_size), images01, dm
+
+
+def _default_model_constraint(default_shapesnet, layers: list[str], images: int, cfg: SIDConfig) -> None:
+    """SID's fresh ratio, and the test's own estimate on independent draws, are within tol at every layer."""
+    model, images01, dm = default_shapesnet
+    features = LayerFeatures(model.module, resolve_layers(model, layers), dm.mean, dm.std)
+    df2 = estimate_delta_f2(features, images01, samples=8)
+    x = images01[:images]
+    sid = compute_sid(features, x, df2, cfg)
+    assert ((sid.ratio_fresh - 1).abs() <= cfg.tol).all(), sid.ratio_fresh
+    assert sid.converged.all()
+    for layer in layers:  # independent draws: within tol up to 3 of their own standard errors
+        mean, se = _independent_ratio(features, x, sid, df2, layer, samples=512, with_se=True)
+        assert ((mean - 1).abs() <= cfg.tol + 3 * se).all(), (layer, mean, se)
+
+
+def test_default_model_meets_the_constraint_in_expectation_at_conv4_and_fc(default_shapesnet):
+    """The trained default shapesnet's fc is where a fixed 32 or 64 draws missed by up to 35 % (one image and a
+    10 % tolerance keep this quick; the slow test below covers every layer at the default 5 %)."""
+    _default_model_constraint(default_shapesnet, ["conv4", "fc"], 1, SIDConfig(steps=30, eval_samples=32, tol=0.1))
+
+
+@pytest.mark.slow
+def test_default_model_meets_the_constraint_in_expectation_at_every_layer(default_shapesnet):
+    _default_model_constraint(
+        default_shapesnet, ["conv1", "conv2", "conv3", "conv4", "fc"], 2, SIDConfig(steps=100, eval_samples=32)
+    )
 
 
 class _SkipAround(nn.Module):

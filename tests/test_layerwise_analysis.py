@@ -35,7 +35,7 @@ def _fake_sid(layers: list[str], size: int) -> SIDResult:
     n, layer_count = 1, len(layers)
     log_sigma = torch.zeros(n, layer_count, size, size)
     ones = torch.ones(n, layer_count)
-    return SIDResult(layers, log_sigma, ones, ones, ones * 0, ones[0], 3, 0.05)
+    return SIDResult(layers, log_sigma, ones, ones, ones * 0, ones, ones * 0, ones * 64, ones[0], 3, 0.05)
 
 
 def _evaluate(tmp_path: Path, *overrides: str) -> dict:
@@ -115,3 +115,41 @@ def test_trained_shapes_default_concentrates_discarding_on_the_background():
     last = model.conv_layers()[-1]
     sid = layerwise_sid(model, images01, dm.mean, dm.std, [last], SIDConfig(steps=100, eval_samples=32))
     assert concentration(sid.maps, batch["mask"][:4]).mean() > 0
+
+
+def test_layerwise_reports_both_constraint_ratios_and_a_shared_colour_scale(tmp_path, capsys, monkeypatch):
+    """CSV, markdown, printed table and summary carry the in-sample and the fresh constraint ratio; the SID
+    map grid has one colour scale over all its panels and one colour bar labelled in nats per pixel."""
+    import infoflow.viz as viz
+
+    figures = {}
+    save = viz.save_figure
+
+    def capture(fig, path, provenance=""):
+        maps = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
+        labels = [ax.get_ylabel() for ax in fig.axes if not ax.images and ax.get_ylabel()]
+        figures[Path(path).name] = ([im.get_clim() for im in maps], [im.get_array() for im in maps], labels)
+        return save(fig, path, provenance)
+
+    monkeypatch.setattr(viz, "save_figure", capture)
+    summary = _evaluate(tmp_path, "analysis=layerwise", "weights=none", *TINY_SHAPES,
+                        "analysis.layers=[conv1,conv2]", "analysis.ru=false", *QUICK)
+    out = capsys.readouterr().out
+    assert "constraint_ratio_fresh" in out
+    rows = pd.read_csv(tmp_path / "layerwise.csv")
+    for col in ("constraint_ratio", "constraint_ratio_se", "constraint_ratio_fresh", "constraint_ratio_fresh_se"):
+        assert rows[col].notna().all() and (rows[col] > 0).all(), col
+    assert (rows["converged"] == ((rows["constraint_ratio_fresh"] - 1).abs() <= 0.5)).all()
+    table = pd.read_csv(tmp_path / "layerwise_summary.csv")
+    fresh = rows.groupby("layer")["constraint_ratio_fresh"]
+    assert table.set_index("layer")["constraint_ratio_fresh_min"].to_dict() == pytest.approx(fresh.min().to_dict())
+    assert table.set_index("layer")["constraint_ratio_fresh_max"].to_dict() == pytest.approx(fresh.max().to_dict())
+    assert "constraint_ratio_fresh" in (tmp_path / "layerwise_summary.md").read_text()
+    assert summary["shapesnet/conv2/constraint_ratio_fresh"] == pytest.approx(fresh.mean()["conv2"])
+
+    clims, arrays, labels = figures["sid_maps_shapesnet.png"]
+    assert len(clims) == 2 * 2 and len(set(clims)) == 1  # 2 images x 2 layers, one scale
+    low = min(float(a.min()) for a in arrays)
+    high = max(float(a.max()) for a in arrays)
+    assert clims[0] == pytest.approx((low, high))
+    assert labels == ["SID [nats/pixel]"]

@@ -12,8 +12,12 @@ first ``analysis.num_images`` test images, at every conv layer or ``analysis.lay
   available, on data without either (CIFAR-10).
 
 All values are per pixel of the [0, 1] input, in nats (SID/RU ``per_pixel``), so layers and networks compare.
-Writes ``layerwise.csv`` (one row per model x image x layer), ``layerwise_summary.csv`` (means per model and
-layer), ``layerwise/{sid,ru,concentration}_curves.png`` and ``layerwise/{sid,ru}_maps_<model>.png``.
+The constraint ratio E||h(x') - f||² / (alpha delta_f²) is reported on the projection's noise draws and on
+fresh ones (``constraint_ratio``, ``constraint_ratio_fresh``, with standard errors); the fresh one decides
+``converged``. Writes ``layerwise.csv`` (one row per model x image x layer), ``layerwise_summary.csv`` and
+``.md`` (means per model and layer; the fresh ratio also as min and max over images),
+``layerwise/{sid,ru,concentration}_curves.png`` and ``layerwise/{sid,ru}_maps_<model>.png`` (one shared colour
+scale per figure, with a colour bar in nats per pixel).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from infoflow.discarding import (
 )
 from infoflow.discarding.decoder import TRAIN_COMMAND
 from infoflow.models.zoo import ZooModel, get_model
-from infoflow.utils.tables import to_markdown_table
+from infoflow.utils.tables import to_markdown_table, write_markdown
 from infoflow.viz import plot_curves, plot_grid
 
 #: per-layer quantities: CSV column -> (curve file, axis label)
@@ -99,7 +103,9 @@ def layer_rows(
     mask: torch.Tensor | None,
     labels: torch.Tensor,
 ) -> list[dict[str, Any]]:
-    """One row per image x layer: SID (per pixel and total), constraint ratio, RU and concentration, nats.
+    """One row per image x layer: SID (per pixel and total), RU and concentration in nats; the constraint ratio
+    E||h(x') - f||² / (alpha delta_f²) on the projection's draws (in-sample) and on fresh draws, with their
+    Monte-Carlo standard errors; `converged` is the fresh ratio within the tolerance.
 
     Args:
         mask: (N, H, W) object mask at the image size, or None (concentration NaN).
@@ -112,7 +118,10 @@ def layer_rows(
             rows.append({
                 "model": label, "image": i, "label": int(labels[i]), "layer": layer, "layer_index": j + 1,
                 "sid_per_pixel": float(sid.per_pixel[i, j]), "sid_total": float(sid.total[i, j]),
-                "constraint_ratio": float(sid.ratio[i, j]), "converged": bool(sid.converged[i, j]),
+                "constraint_ratio": float(sid.ratio[i, j]), "constraint_ratio_se": float(sid.ratio_se[i, j]),
+                "constraint_ratio_fresh": float(sid.ratio_fresh[i, j]),
+                "constraint_ratio_fresh_se": float(sid.ratio_fresh_se[i, j]),
+                "constraint_draws": int(sid.draws[i, j]), "converged": bool(sid.converged[i, j]),
                 "ru_per_pixel": float(ru.per_pixel[i, j]) if ru is not None else float("nan"),
                 "concentration": float(conc[i, j]),
             })
@@ -120,9 +129,15 @@ def layer_rows(
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Means over images per (model, layer), in layer order."""
-    cols = ["sid_per_pixel", "ru_per_pixel", "concentration", "sid_total", "constraint_ratio", "converged"]
-    return df.groupby(["model", "layer_index", "layer"], sort=True)[cols].mean().reset_index()
+    """Means over images per (model, layer), in layer order; the fresh constraint ratio also as min and max."""
+    cols = ["sid_per_pixel", "ru_per_pixel", "concentration", "sid_total", "constraint_ratio",
+            "constraint_ratio_fresh", "converged"]
+    groups = df.groupby(["model", "layer_index", "layer"], sort=True)
+    out = groups[cols].mean()
+    fresh = groups["constraint_ratio_fresh"]
+    out.insert(out.columns.get_loc("constraint_ratio_fresh") + 1, "constraint_ratio_fresh_min", fresh.min())
+    out.insert(out.columns.get_loc("constraint_ratio_fresh_min") + 1, "constraint_ratio_fresh_max", fresh.max())
+    return out.reset_index()
 
 
 @ANALYSES.register("layerwise")
@@ -161,7 +176,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if result is not None:
                 maps = {f"{kind.upper()} {layer}": result.layer(layer)[shown] for layer in layers}
                 titles = [dm.class_names[int(t)] for t in labels[shown]]
-                pngs.append(plot_grid(x01[shown].cpu(), maps, out / f"{kind}_maps_{label}.png", prov, titles))
+                pngs.append(plot_grid(x01[shown].cpu(), maps, out / f"{kind}_maps_{label}.png", prov, titles,
+                                      units=f"{kind.upper()} [nats/pixel]"))
     df = pd.DataFrame(rows)
     summary_df = summarize(df)
     for col, (stem, ylabel) in _CURVES.items():
@@ -172,14 +188,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             names = ", ".join(f"{i}={n}" for i, n in zip(first["layer_index"], first["layer"], strict=True))
             pngs.append(plot_curves(curves, out / f"{stem}_curves.png", "conv layer", ylabel,
                                     f"{ylabel.split(' ')[0]} by layer ({names})", prov))
-    print(f"layer-wise values (means over {len(x01)} images, nats per pixel):")
+    note = (f"Means over {len(x01)} test images; SID, RU and concentration in nats per pixel of the [0, 1] "
+            f"input. constraint_ratio: E||h(x') - f||² / (alpha delta_f²) on the projection's noise draws; "
+            f"constraint_ratio_fresh (mean, min, max over images): on independent draws, which must be within "
+            f"{config.tol:.0%} of 1 (`converged`: the fraction of images where it is). Config: `config.yaml`.")
+    write_markdown(summary_df, output_dir(cfg) / "layerwise_summary.md", "Layer-wise information discarding", note)
+    print(f"layer-wise values (means over {len(x01)} images, nats per pixel; constraint ratios in-sample and fresh):")
     print(to_markdown_table(summary_df))
     summary: dict[str, Any] = {"num_images": len(x01)}
     for r in summary_df.itertuples(index=False):
-        for col in _CURVES:
+        for col in [*_CURVES, "constraint_ratio", "constraint_ratio_fresh", "constraint_ratio_fresh_min",
+                    "constraint_ratio_fresh_max"]:
             value = getattr(r, col)
             if not np.isnan(value):
                 summary[f"{r.model}/{r.layer}/{col}"] = float(value)
-    print(f"wrote {len(pngs)} figures to {out}, layerwise.csv and layerwise_summary.csv")
+    print(f"wrote {len(pngs)} figures to {out}, layerwise.csv, layerwise_summary.csv and .md")
     log_results(cfg, {"layerwise": df, "layerwise_summary": summary_df}, {"layerwise": pngs}, summary)
     return summary

@@ -4,7 +4,7 @@ Typical use (images in the [0, 1] pixel space, e.g. ``datamodule.denormalize(bat
 
     model = get_model("vgg16", "DEFAULT")
     sid = layerwise_sid(model, images01, dm.mean, dm.std, cache_dir="cache/delta_f2")
-    sid.maps, sid.per_pixel, sid.total, sid.ratio        # (N, L, H, W), (N, L), (N, L), (N, L)
+    sid.maps, sid.per_pixel, sid.total, sid.ratio_fresh  # (N, L, H, W), (N, L), (N, L), (N, L)
     ru = layerwise_ru(model, images01, sid, dm.mean, dm.std, decoder_dir="decoders")
     concentration(sid.maps, object_mask(batch))          # (N, L)
 

@@ -1,6 +1,6 @@
 """Strict information discarding (SID, later called CID), per image and layer, batched over layers.
 
-Decisions (see REFERENCE.md §4 and the SID/RU paper, section 3):
+Decisions (see the SID/RU paper, section 3):
 
 - **Noise space.** Images live in the [0, 1] pixel space; the noisy input is ``x' = x + sigma * delta``
   with ``delta ~ N(0, I)`` there, and the network sees ``normalise(x')`` (no clamping, which would break
@@ -14,11 +14,20 @@ Decisions (see REFERENCE.md §4 and the SID/RU paper, section 3):
 - **Meeting the constraint.** Adam on ``log sigma`` (cosine-decayed learning rate, `samples` noise draws per
   step) together with dual ascent on ``log lambda`` per (image, layer): ``log lambda -= dual_lr * log rho``
   (for a locally linear h the optimum for a given lambda has ``rho = lambda / 2``, hence ``lambda = 2`` to
-  start). The optimisation then ends with a projection onto the constraint: with `eval_samples` fixed noise
-  draws per (image, layer), ``log sigma`` is shifted by ``-0.5 log rho`` (a global rescaling of sigma, which
-  keeps the map's shape) until ``|rho - 1| <= tol / 5``. The achieved ``rho`` on those draws is reported
-  with its Monte-Carlo standard error; ``|rho - 1| <= tol`` (default 5 %) counts as converged, otherwise a
-  warning names the pairs. (The estimate itself is uncertain by ``ratio_se``, typically 1-3 % with 64 draws.)
+  start). The optimisation then ends with a projection onto the constraint ``E[rho] = 1`` in expectation, not
+  on a particular set of draws: ``log sigma`` is shifted by ``-log rho / s`` (a global rescaling of sigma,
+  which keeps the map's shape; ``s = 2`` first, as rho ~ sigma² for a locally linear h, then the slope
+  ``d log rho / d log sigma`` measured by the previous shift, since deep ReLU layers can respond much more
+  weakly) until ``|rho - 1| <= tol / 5`` on the element's projection draws, and the
+  draws are increased (in blocks of `eval_samples`, up to `max_eval_samples`) until the Monte-Carlo standard
+  error of rho is at most `target_se` (default ``tol / 4``) relative to rho. Per draw, ``||h(x') - f||²`` can
+  be far from Gaussian (at a classifier's last layers a few directions dominate, spread/mean ~ 1), so a
+  fixed small number of draws would meet the constraint on those draws only. Noise block k of stream s of an
+  element comes from its own generator seeded by (seed, image index, layer name, s, k).
+- **Fresh check.** rho is then re-estimated on draws from an independent generator stream (again until its
+  standard error is at most `target_se`): ``ratio_fresh``. Where ``|ratio_fresh - 1| > tol``, the projection
+  is repeated on the union of the projection and the fresh draws and checked on a new fresh stream (at most
+  `fresh_rounds` times). ``converged`` is ``|ratio_fresh - 1| <= tol``; pairs outside it are named in a warning.
 - **Outputs.** pixel-wise ``H_i = log sigma_i + 0.5 log(2 pi e)`` in nats; per layer ``per_pixel = mean_i H_i``
   and ``total = C * sum_i H_i`` (the differential entropy of x' over all C x H x W input units, in nats).
 - **Speed.** every (image, layer) pair is a separate batch element (times the noise draws) in ONE forward
@@ -56,7 +65,14 @@ class SIDConfig:
         steps, lr, final_lr_fraction: Adam steps on log sigma; cosine decay from lr to lr * fraction.
         samples: noise draws per (image, layer) and step.
         dual_lr: step size of the dual ascent on log lambda.
-        eval_samples, tol, projection_iters: the final projection (fixed draws, tolerance, iterations).
+        eval_samples: noise draws per block in the final projection and the fresh check (the first block,
+            and the unit the draws grow by).
+        max_eval_samples: at most this many draws per (image, layer) for the projection, and again for the
+            fresh check.
+        tol: relative tolerance of the constraint in expectation: |E rho - 1| <= tol.
+        target_se: wanted Monte-Carlo standard error of rho relative to rho; None: tol / 4.
+        projection_iters: rescalings per projection.
+        fresh_rounds: re-projections on the union of draws when the fresh check fails.
         max_rows: rows (elements x draws) per forward pass; more elements are optimised in chunks.
         seed: noise seed (each element's generator is derived from it, the image index and the layer).
     """
@@ -68,10 +84,18 @@ class SIDConfig:
     samples: int = 4
     dual_lr: float = 0.05
     eval_samples: int = 64
+    max_eval_samples: int = 16384
     tol: float = 0.05
+    target_se: float | None = None
     projection_iters: int = 8
+    fresh_rounds: int = 2
     max_rows: int = 256
     seed: int = 0
+
+    @property
+    def se_goal(self) -> float:
+        """The relative standard error of rho the projection and the fresh check aim for."""
+        return self.tol / 4 if self.target_se is None else self.target_se
 
 
 @dataclass
@@ -82,8 +106,12 @@ class SIDResult:
         layers: the L layer names, in the order requested.
         log_sigma: (N, L, H, W) learnt log noise scale, [0, 1] pixel units.
         lam: (N, L) final Lagrange multipliers.
-        ratio: (N, L) achieved E||h(x') - f||² / (alpha delta_f²) on `eval_samples` draws.
+        ratio: (N, L) achieved E||h(x') - f||² / (alpha delta_f²) on the draws of the final projection
+            (in-sample: within tol / 5 of 1 by construction).
         ratio_se: (N, L) Monte-Carlo standard error of `ratio` (its spread over the draws / sqrt(draws)).
+        ratio_fresh: (N, L) the same ratio on independent draws (an unbiased estimate of E rho).
+        ratio_fresh_se: (N, L) its Monte-Carlo standard error.
+        draws: (N, L) noise draws of the final projection (the fresh check used about as many).
         delta_f2: (L,) the delta_f² used.
         channels: C, the input channels sigma is shared over.
         tol: the relative tolerance of the constraint.
@@ -94,6 +122,9 @@ class SIDResult:
     lam: torch.Tensor
     ratio: torch.Tensor
     ratio_se: torch.Tensor
+    ratio_fresh: torch.Tensor
+    ratio_fresh_se: torch.Tensor
+    draws: torch.Tensor
     delta_f2: torch.Tensor
     channels: int
     tol: float
@@ -115,8 +146,8 @@ class SIDResult:
 
     @property
     def converged(self) -> torch.Tensor:
-        """(N, L) bool: the constraint holds within `tol`."""
-        return (self.ratio - 1).abs() <= self.tol
+        """(N, L) bool: the constraint holds within `tol` on fresh draws."""
+        return (self.ratio_fresh - 1).abs() <= self.tol
 
     def layer(self, name: str) -> torch.Tensor:
         """(N, H, W) SID map of one layer."""
@@ -147,22 +178,15 @@ class _Problem:
         shape = (self.cfg.samples, *self.x01.shape[1:])
         return torch.stack([torch.randn(shape, generator=g) for g in self.step_gens]).to(self.x01)
 
-    def eval_noise(self, idx: range) -> torch.Tensor:
-        """(b, E, C, H, W) the fixed evaluation noise of elements `idx` (the same on every call)."""
-        shape = (self.cfg.eval_samples, *self.x01.shape[1:])
-        gens = [noise_generator(self.cfg.seed, *self.elements[i], "eval") for i in idx]
-        return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.x01)
-
-    def ratios(self, idx: range, log_sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(b, S) ||h(x') - f||² / (alpha delta_f²) per noise draw, for elements `idx` (a contiguous range)
-        with their `log_sigma` (b, 1, H, W) and `noise` (b, S, C, H, W); rho is the mean over S."""
+    def ratios(self, el: Sequence[int], log_sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(b, S) ||h(x') - f||² / (alpha delta_f²) per noise draw, for elements `el` (indices in ascending
+        order, repeats allowed) with their `log_sigma` (b, 1, H, W) and `noise` (b, S, C, H, W)."""
         s = noise.shape[1]
-        x = self.x01[self.images[idx.start : idx.stop]]
-        noisy = (x[:, None] + log_sigma.exp()[:, None] * noise).flatten(0, 1)
-        layers = self.layers[idx.start : idx.stop]
+        images = self.images[torch.as_tensor(list(el), dtype=torch.long, device=self.images.device)]
+        noisy = (self.x01[images][:, None] + log_sigma.exp()[:, None] * noise).flatten(0, 1)
+        layers = [self.layers[i] for i in el]
         counts = [layers.count(name) for name in self.features.order]
         feats = self.features(noisy, groups=[c * s for c in counts])
-        images = self.images[idx.start : idx.stop]
         out = []
         for name, count in zip(self.features.order, counts, strict=True):
             if count == 0:
@@ -173,35 +197,153 @@ class _Problem:
             out.append(diff.pow(2).sum(-1) / self.scale[name])
         return torch.cat(out)
 
-    def eval_ratios(self, log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """rho (B,) of all elements on the fixed evaluation noise and its Monte-Carlo standard error (B,)."""
-        per = max(1, self.cfg.max_rows // self.cfg.eval_samples)
+    def block_ratios(self, blocks: Sequence[tuple[int, str, int]], log_sigma: torch.Tensor) -> torch.Tensor:
+        """(P, E) per-draw ratios of noise block k of stream s for element e, for each (e, s, k) in `blocks`
+        (sorted by e), with E = `eval_samples` draws per block from the block's own generator."""
+        e_draws = self.cfg.eval_samples
+        shape = (e_draws, *self.x01.shape[1:])
+        per = max(1, self.cfg.max_rows // e_draws)
         out = []
         with torch.no_grad():
-            for start in range(0, len(self.elements), per):
-                idx = range(start, min(start + per, len(self.elements)))
-                out.append(self.ratios(idx, log_sigma[start : idx.stop], self.eval_noise(idx)))
-        d = torch.cat(out)
-        se = d.std(1) / math.sqrt(d.shape[1]) if d.shape[1] > 1 else torch.full_like(d[:, 0], math.nan)
-        return d.mean(1), se
+            for start in range(0, len(blocks), per):
+                chunk = blocks[start : start + per]
+                el = [e for e, _, _ in chunk]
+                noise = torch.stack([
+                    torch.randn(shape, generator=noise_generator(self.cfg.seed, *self.elements[e], s, k))
+                    for e, s, k in chunk
+                ]).to(self.x01)
+                out.append(self.ratios(el, log_sigma[el], noise))
+        return torch.cat(out) if out else torch.empty(0, e_draws)
 
 
-def _project(
-    problem: _Problem, log_sigma: torch.Tensor, iters: int, precision: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift `log_sigma` (in place) by -0.5 log rho per element until |rho - 1| <= precision; (rho, se)."""
-    rho, se = problem.eval_ratios(log_sigma)
-    for _ in range(iters):
-        off = (rho - 1).abs() > precision
-        if not off.any():
+class _Draws:
+    """Per element: the noise blocks (stream, index) drawn so far and their per-draw ratios at the current sigma."""
+
+    def __init__(self, problem: _Problem) -> None:
+        self.problem = problem
+        b = len(problem.elements)
+        self.blocks: list[list[tuple[str, int]]] = [[] for _ in range(b)]
+        self.values: list[torch.Tensor] = [torch.empty(0) for _ in range(b)]
+        self.slope = [2.0] * b  # d log rho / d log sigma, learnt by `_rescale`
+
+    def add(self, new: Mapping[int, Sequence[tuple[str, int]]], log_sigma: torch.Tensor) -> None:
+        """Draw the blocks `new[e]` for each element e and append their ratios."""
+        flat = sorted((e, s, k) for e, keys in new.items() for s, k in keys)
+        d = self.problem.block_ratios(flat, log_sigma)
+        for (e, s, k), row in zip(flat, d, strict=True):
+            self.blocks[e].append((s, k))
+            self.values[e] = torch.cat([self.values[e], row.to(self.values[e])])
+
+    def recompute(self, els: Sequence[int], log_sigma: torch.Tensor) -> None:
+        """Recompute the ratios of elements `els` on their drawn blocks (after `log_sigma` changed)."""
+        keys = {e: self.blocks[e] for e in els}
+        for e in els:
+            self.blocks[e], self.values[e] = [], torch.empty(0)
+        self.add(keys, log_sigma)
+
+    def next_blocks(self, e: int, stream: str, count: int) -> list[tuple[str, int]]:
+        """`count` new block keys of `stream` for element e."""
+        start = sum(s == stream for s, _ in self.blocks[e])
+        return [(stream, k) for k in range(start, start + count)]
+
+    def stats(self, els: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rho (b,), its Monte-Carlo standard error (b,) and the number of draws (b,) of elements `els`."""
+        rho, se, n = (torch.empty(len(els), dtype=torch.float64) for _ in range(3))
+        for i, e in enumerate(els):
+            v = self.values[e].double()
+            rho[i], n[i] = v.mean(), len(v)
+            se[i] = v.std() / math.sqrt(len(v)) if len(v) > 1 else math.nan
+        return rho, se, n
+
+    def grow(self, els: Sequence[int], stream: str, log_sigma: torch.Tensor) -> bool:
+        """Add blocks of `stream` until each element's relative standard error is at most the config's goal,
+        or it has `max_eval_samples` draws; whether any were added. Each round adds the blocks the current
+        spread says are needed (with 20 % to spare)."""
+        cfg = self.problem.cfg
+        cap = max(1, math.ceil(cfg.max_eval_samples / cfg.eval_samples))
+        grew = False
+        while True:
+            rho, se, _ = self.stats(els)
+            new = {}
+            for e, r, s in zip(els, rho.tolist(), se.tolist(), strict=True):
+                have = len(self.blocks[e])
+                if have >= cap or s <= cfg.se_goal * abs(r):
+                    continue
+                want = 2 * have if math.isnan(s) or r == 0 else math.ceil(1.2 * have * (s / (cfg.se_goal * r)) ** 2)
+                new[e] = self.next_blocks(e, stream, min(cap, max(want, have + 1)) - have)
+            if not new:
+                return grew
+            self.add(new, log_sigma)
+            grew = True
+
+
+def _rescale(draws: _Draws, els: Sequence[int], log_sigma: torch.Tensor) -> None:
+    """Shift `log_sigma` (in place) of elements `els` until |rho - 1| <= tol / 5 on their current draws, at most
+    `projection_iters` times. The first shift is -0.5 log rho (rho ~ sigma², a locally linear h); later ones
+    use the slope d log rho / d log sigma measured by the previous shift (secant), as deep layers of ReLU
+    networks can respond far more weakly."""
+    cfg = draws.problem.cfg
+    slope = draws.slope
+    last: dict[int, tuple[float, float]] = {}  # element -> (its log rho, the shift applied after it)
+    for _ in range(cfg.projection_iters):
+        rho, _, _ = draws.stats(els)
+        log_rho = dict(zip(els, rho.clamp_min(1e-12).log().tolist(), strict=True))
+        off = [e for e in els if abs(math.exp(log_rho[e]) - 1) > cfg.tol / 5]
+        if not off:
+            return
+        shifts = []
+        for e in off:
+            if e in last and abs(last[e][1]) > 1e-9:
+                slope[e] = min(4.0, max(0.25, (log_rho[e] - last[e][0]) / last[e][1]))
+            shifts.append(-log_rho[e] / slope[e])
+            last[e] = (log_rho[e], shifts[-1])
+        log_sigma[off] += torch.tensor(shifts, dtype=log_sigma.dtype, device=log_sigma.device).view(-1, 1, 1, 1)
+        draws.recompute(off, log_sigma)
+
+
+def _settle(draws: _Draws, els: Sequence[int], log_sigma: torch.Tensor, stream: str, grow: bool) -> None:
+    """`_rescale` onto the constraint; with `grow`, first and after each rescaling more draws of `stream` until
+    rho's standard error is small enough (`_Draws.grow`), rescaling again when draws were added."""
+    _rescale(draws, els, log_sigma)
+    for _ in range(4 if grow else 0):
+        if not draws.grow(els, stream, log_sigma):
+            return
+        _rescale(draws, els, log_sigma)
+
+
+def _meet_constraint(problem: _Problem, log_sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Project `log_sigma` (in place) onto E rho = 1 and check it on fresh draws (module docstring).
+
+    Returns: rho, its standard error, the fresh rho, its standard error, draws of the projection (all (B,)).
+    """
+    cfg = problem.cfg
+    els = list(range(len(problem.elements)))
+    proj = _Draws(problem)
+    proj.add({e: proj.next_blocks(e, "eval", 1) for e in els}, log_sigma)
+    _settle(proj, els, log_sigma, "eval", grow=True)  # close to 1 on the first block first (cheap), then grow
+    fresh = _Draws(problem)
+    pending = els
+    for round_ in range(cfg.fresh_rounds + 1):
+        stream = f"fresh{round_}"
+        fresh.add({e: fresh.next_blocks(e, stream, 1) for e in pending}, log_sigma)
+        fresh.grow(pending, stream, log_sigma)
+        rho_f, _, _ = fresh.stats(pending)
+        bad = [e for e, r in zip(pending, rho_f.tolist(), strict=True) if abs(r - 1) > cfg.tol]
+        if not bad or round_ == cfg.fresh_rounds:
             break
-        log_sigma[off] -= 0.5 * rho[off].clamp_min(1e-12).log().view(-1, 1, 1, 1)
-        rho, se = problem.eval_ratios(log_sigma)
-    return rho, se
+        for e in bad:  # the fresh draws join the projection's; a new stream checks again
+            proj.blocks[e] += fresh.blocks[e]
+            proj.values[e] = torch.cat([proj.values[e], fresh.values[e]])
+            fresh.blocks[e], fresh.values[e] = [], torch.empty(0)
+        _settle(proj, bad, log_sigma, "eval", grow=True)
+        pending = bad
+    rho, se, n = proj.stats(els)
+    rho_f, se_f, _ = fresh.stats(els)
+    return rho, se, rho_f, se_f, n
 
 
 def _optimize(problem: _Problem) -> tuple[torch.Tensor, ...]:
-    """Constrained SID of all elements: log_sigma (B, 1, H, W), lambda (B,), rho (B,), its standard error (B,)."""
+    """Constrained SID of all elements: log_sigma (B, 1, H, W), lambda (B,), then `_meet_constraint`'s (B,)."""
     cfg = problem.cfg
     b = len(problem.elements)
     h, w = problem.x01.shape[-2:]
@@ -225,8 +367,7 @@ def _optimize(problem: _Problem) -> tuple[torch.Tensor, ...]:
         sched.step()
         log_lam -= cfg.dual_lr * rho.detach().clamp_min(1e-12).log().clamp(-1.0, 1.0)
     log_sigma = log_sigma.detach()
-    rho, se = _project(problem, log_sigma, cfg.projection_iters, cfg.tol / 5)
-    return log_sigma, log_lam.exp(), rho, se
+    return (log_sigma, log_lam.exp(), *_meet_constraint(problem, log_sigma))
 
 
 def compute_sid(
@@ -270,21 +411,28 @@ def compute_sid(
     for start in range(0, len(elements), per_chunk):
         problem = _Problem(features, images01, clean, elements[start : start + per_chunk], scale, cfg)
         parts.append(_optimize(problem))
-    log_sigma, lam, rho, se = (torch.cat(t).cpu() for t in zip(*parts, strict=True))
+    log_sigma, *values = (torch.cat(t).cpu() for t in zip(*parts, strict=True))
     n, (h, w) = images01.shape[0], images01.shape[-2:]
     col = {name: j for j, name in enumerate(names)}
     out_sigma = torch.empty(n, len(names), h, w)
-    out_lam, out_rho, out_se = (torch.empty(n, len(names)) for _ in range(3))
+    per_pair = [torch.empty(n, len(names)) for _ in values]  # lam, rho, se, rho_fresh, se_fresh, draws
     for i, (img, name) in enumerate(elements):
-        j = col[name]
-        out_sigma[img, j] = log_sigma[i, 0]
-        out_lam[img, j], out_rho[img, j], out_se[img, j] = lam[i], rho[i], se[i]
+        out_sigma[img, col[name]] = log_sigma[i, 0]
+        for out, v in zip(per_pair, values, strict=True):
+            out[img, col[name]] = v[i]
     delta = torch.tensor([df2[k] for k in names], dtype=torch.float64)
-    result = SIDResult(names, out_sigma, out_lam, out_rho, out_se, delta, images01.shape[1], cfg.tol)
+    result = SIDResult(names, out_sigma, *per_pair, delta, images01.shape[1], cfg.tol)
     bad = (~result.converged).nonzero().tolist()
     if bad:
-        pairs = ", ".join(f"(image {i}, {names[j]}: {result.ratio[i, j]:.3f})" for i, j in bad)
-        warnings.warn(f"SID constraint not met within {cfg.tol:.0%} for {pairs}", stacklevel=2)
+        pairs = ", ".join(
+            f"(image {i}, {names[j]}: {result.ratio_fresh[i, j]:.3f} +- {result.ratio_fresh_se[i, j]:.3f})"
+            for i, j in bad
+        )
+        warnings.warn(
+            f"SID constraint not met within {cfg.tol:.0%} on fresh noise draws (ratio +- standard error) for "
+            f"{pairs}; more draws (max_eval_samples, eval_samples) or steps may help",
+            stacklevel=2,
+        )
     return result
 
 
