@@ -1,18 +1,24 @@
-"""Per-Sample Bottleneck heatmaps per second: infoflow's fast path against the reference library's loop.
+"""Per-Sample Bottleneck: infoflow's fast path against the reference library's loop, speed and fidelity.
 
-ResNet-50 at conv3_4 (torchvision `layer2`), 224x224 inputs, random weights. The naive reference is done
-the way the reference library does it: one image per call, the full network from the input at every step,
-weights not frozen. Both use the same noise, so their heatmaps must agree up to floating-point rounding.
+Default: ResNet-50 at conv3_4 (torchvision `layer2`); ``--model vgg16 --layer conv4_1`` checks a network
+with an in-place ReLU right after the layer. 224x224 inputs, random weights, statistics from random images.
+The naive reference is done the way the reference library does it: one image per call, the full network
+from the input at every step (a forward hook replaces the layer's output), weights not frozen, and the
+network's ReLUs in place as torchvision builds them. Both use the same noise, so their heatmaps must agree
+up to floating-point rounding; the script prints the max abs difference and the min Pearson correlation.
 
-    python benchmarks/bench_per_sample.py [--images 4] [--naive-images 2]
+    python benchmarks/bench_per_sample.py [--model vgg16 --layer conv4_1] [--images 4] [--naive-images 2]
+        [--steps 10 --copies 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
+from torch import nn
 
 from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
@@ -22,21 +28,34 @@ from infoflow.models import get_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--layer", default="conv3_4")
     parser.add_argument("--images", type=int, default=4, help="images for the fast path")
     parser.add_argument("--naive-images", type=int, default=2, help="images for the naive reference")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10, help="optimisation steps (reference: 10)")
+    parser.add_argument("--copies", type=int, default=10, help="noisy copies per step (reference: 10)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = get_model("resnet50")
-    images = torch.randn(max(args.images, args.naive_images), 3, 224, 224)
-    targets = torch.arange(images.shape[0]) % 1000
-    iba = PerSampleIBA(model, "conv3_4", seed=0, batch_size=args.batch_size)
-    est = Estimator((512, 28, 28))
+    model = get_model(args.model)
+    size = model.input_size
+    images = torch.randn(max(args.images, args.naive_images), *size)
+    targets = torch.arange(images.shape[0]) % model.num_classes
+    iba = PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps, copies=args.copies)
     with torch.no_grad():
-        for _ in range(4):
-            est.update(iba.split.head(torch.randn(8, 3, 224, 224)))
+        first = iba.split.head(torch.randn(8, *size))
+        est = Estimator(tuple(first.shape[1:]))
+        est.update(first)
+        for _ in range(3):
+            est.update(iba.split.head(torch.randn(8, *size)))
     iba.set_estimator(est)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 conv3_4, 224x224")
+    # the reference runs torchvision's network as built, in-place ReLUs included
+    reference = copy.deepcopy(model.module)
+    for m in reference.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = True
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} {args.layer} "
+          f"({iba.layer}), {size[1]}x{size[2]}, {args.steps} steps x {args.copies} copies")
 
     start = time.perf_counter()
     fast = iba.attribute(images[: args.images], targets[: args.images])
@@ -45,8 +64,8 @@ def main() -> None:
 
     start = time.perf_counter()
     naive = torch.stack([
-        naive_per_sample(model.module, iba.layer, iba.bottleneck, images[i : i + 1], int(targets[i]),
-                         generator=torch.Generator().manual_seed(i))
+        naive_per_sample(reference, iba.layer, iba.bottleneck, images[i : i + 1], int(targets[i]),
+                         steps=args.steps, copies=args.copies, generator=torch.Generator().manual_seed(i))
         for i in range(args.naive_images)
     ])
     naive_rate = args.naive_images / (time.perf_counter() - start)

@@ -144,8 +144,7 @@ class AttributionEvaluation(pl.LightningModule):
                 win_size=self.settings.win_size,
             )
         metric = self.scores[label]["sanity"]
-        metric.ssim_sum += part.ssim_sum.to(metric.ssim_sum.device)
-        metric.count += part.count.to(metric.count.device)
+        metric.merge_state({key: value.to(metric.device) for key, value in part.metric_state.items()})
 
     def on_test_epoch_end(self) -> None:
         """Reduce every metric over processes (collective: runs on all ranks) into `results`."""

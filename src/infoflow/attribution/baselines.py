@@ -14,8 +14,6 @@ every channel (the logit drop of the tile). Grad-CAM has one channel.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -32,22 +30,9 @@ from torch import nn
 
 from infoflow.interface import METHODS, Attribution
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.modules import frozen
 
 Reduction = Literal["sum", "mean", "max-abs", "sum-abs"]
-
-
-@contextmanager
-def frozen_parameters(module: nn.Module) -> Iterator[None]:
-    """Temporarily set ``requires_grad=False`` on all parameters (no parameter gradients are built or
-    accumulated); the flags are restored afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def reduce_channels(attribution: torch.Tensor, how: Reduction) -> torch.Tensor:
@@ -80,7 +65,7 @@ class FrozenAttribution(Attribution):
     """An `Attribution` that runs with the model's parameters frozen and returns detached maps."""
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | int | list[int]) -> torch.Tensor:
-        with frozen_parameters(self.model.module):
+        with frozen(self.model.module):
             return super().attribute(inputs, target).detach()
 
 

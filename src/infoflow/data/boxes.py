@@ -24,15 +24,22 @@ def make_boxes(xyxy: torch.Tensor, canvas_size: tuple[int, int]) -> tv_tensors.B
     return tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(h, w))
 
 
+def box_masks(boxes: torch.Tensor, canvas_size: tuple[int, int]) -> torch.Tensor:
+    """(..., 4) XYXY pixel-edge boxes -> (..., H, W) bool, one filled mask per box; a pixel is in when its
+    centre is."""
+    h, w = canvas_size
+    boxes = boxes.as_subclass(torch.Tensor)
+    dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+    xs = torch.arange(w, dtype=dtype, device=boxes.device) + 0.5
+    ys = torch.arange(h, dtype=dtype, device=boxes.device) + 0.5
+    in_x = (xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])  # (..., W)
+    in_y = (ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4])  # (..., H)
+    return in_y[..., :, None] & in_x[..., None, :]
+
+
 def boxes_to_mask(boxes: torch.Tensor, canvas_size: tuple[int, int]) -> torch.Tensor:
     """Union of (K, 4) XYXY pixel-edge boxes -> (H, W) bool; a pixel is in when its centre is."""
-    h, w = canvas_size
-    boxes = boxes.as_subclass(torch.Tensor).reshape(-1, 4)
-    xs = torch.arange(w, dtype=boxes.dtype) + 0.5
-    ys = torch.arange(h, dtype=boxes.dtype) + 0.5
-    in_x = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # (K, W)
-    in_y = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])  # (K, H)
-    return (in_y[:, :, None] & in_x[:, None, :]).any(dim=0)
+    return box_masks(boxes.as_subclass(torch.Tensor).reshape(-1, 4), canvas_size).any(dim=0)
 
 
 def read_imagenet_boxes(xml_path: str | Path, image_size: tuple[int, int]) -> tv_tensors.BoundingBoxes:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from infoflow.data.base import ImageDataModule
+from infoflow.data.boxes import box_masks
 
 #: the class vocabulary, most distinctive shapes first; class ``k`` is ``SHAPE_NAMES[k]``
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star", "hexagon")
@@ -220,11 +221,7 @@ def mask_to_box(mask: torch.Tensor) -> torch.Tensor:
 
 def box_to_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(..., 4) [x0, y0, x1, y1] boxes in px -> (..., H, W) bool filled box masks."""
-    xs = torch.arange(width, device=box.device) + 0.5
-    ys = torch.arange(height, device=box.device) + 0.5
-    in_x = (xs >= box[..., 0:1]) & (xs < box[..., 2:3])
-    in_y = (ys >= box[..., 1:2]) & (ys < box[..., 3:4])
-    return in_y[..., :, None] & in_x[..., None, :]
+    return box_masks(box, (height, width))
 
 
 def render_split(

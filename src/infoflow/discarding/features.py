@@ -11,8 +11,8 @@ layer are also dropped from the batch right after that layer, so each row is com
 its own layer ("pruning"). Whether pruning is valid for a network is checked once on a probe batch
 (same features with and without it); otherwise all rows run up to the deepest layer.
 
-Features are the hooked modules' outputs, copied (``clone``) so that a later in-place op (VGG's
-``ReLU(inplace=True)`` after a conv) cannot change them: for VGG/AlexNet the zoo's ``convS_I`` is the
+Features are the hooked modules' outputs, copied (``clone``) so that nothing later in the network can
+change them (zoo models have no in-place modules anyway, see `infoflow.models.inplace`): for VGG/AlexNet the zoo's ``convS_I`` is the
 conv output before its ReLU; for ResNets a block output (after its ReLU); for ShapesNet a conv-BN-ReLU
 block output. The network must be in eval mode (rows must not interact through BatchNorm statistics);
 `LayerFeatures` switches it to eval while in use.
@@ -30,10 +30,7 @@ from torch import nn
 
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.cache import tensor_fingerprint as model_fingerprint  # noqa: F401  (cache keys: utils.cache)
-
-
-class _Stop(Exception):
-    """Raised by the deepest hook to end the forward pass early."""
+from infoflow.utils.hooks import capture_outputs
 
 
 class _PruneMismatch(Exception):
@@ -117,54 +114,30 @@ class LayerFeatures(nn.Module):
 
     def _run(self, x01: torch.Tensor, groups: Sequence[int] | None, prune: bool) -> dict[str, torch.Tensor]:
         """One hooked forward. Without `groups` every layer gets every row and `self.order` is recorded."""
-        out: dict[str, torch.Tensor] = {}
-        fired: list[str] = []
         counts = dict(zip(self.order, groups, strict=True)) if groups is not None else {}
         starts = dict(zip(counts, accumulate([0, *counts.values()]), strict=False))
         wanted = set(self.paths) if groups is None else {n for n, g in counts.items() if g > 0}
         remaining = [x01.shape[0]]  # rows still in the batch when pruning
 
-        def hook(name: str):
-            def fn(_m: nn.Module, _i: object, o: object) -> torch.Tensor | None:
-                if not isinstance(o, torch.Tensor):
-                    raise TypeError(f"layer {name!r} returns {type(o).__name__}, not a tensor")
-                fired.append(name)
-                if name in out:
-                    raise ValueError(
-                        f"layer {name!r} ({self.paths[name]}) runs more than once per forward pass"
-                    )
-                result = None
-                if groups is None:
-                    out[name] = o.clone()
-                elif prune:
-                    if o.shape[0] != remaining[0]:
-                        raise _PruneMismatch(name)
-                    k = counts[name]
-                    out[name] = o[:k].clone()
-                    remaining[0] -= k
-                    result = o[k:]
-                else:
-                    out[name] = o[starts[name] : starts[name] + counts[name]].clone()
-                if wanted <= set(out):
-                    raise _Stop
-                return result
+        def take(name: str, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if groups is None:
+                return o.clone(), None
+            if not prune:
+                return o[starts[name] : starts[name] + counts[name]].clone(), None
+            if o.shape[0] != remaining[0]:
+                raise _PruneMismatch(name)
+            k = counts[name]
+            remaining[0] -= k
+            return o[:k].clone(), o[k:]
 
-            return fn
-
-        handles = [self.model.get_submodule(p).register_forward_hook(hook(n)) for n, p in self.paths.items()]
-        try:
+        with capture_outputs(self.model, self.paths, until=wanted, take=take) as out:
             self.model(self.normalize(x01))
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
         missing = wanted - set(out)
         if missing:
             raise ValueError(f"layers {sorted(missing)} did not run in the forward pass")
         if groups is None:
-            self.order = fired
-        return out
+            self.order = out.order
+        return dict(out)
 
     def _verify(self, x01: torch.Tensor) -> None:
         """Record the layer order on one image, then check that pruning gives the same features."""

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 LN2 = math.log(2.0)
 
@@ -28,24 +29,29 @@ def capacity(r_hat: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianBlur(nn.Module):
-    """Depthwise Gaussian smoothing of (N, C, H, W) maps with reflect padding; kernel 2*ceil(2 sigma)+1."""
+    """Depthwise Gaussian smoothing of (N, C, H, W) maps with reflect padding; kernel 2*ceil(2 sigma)+1.
+
+    torchvision's `gaussian_blur` (sigma 1: a 5x5 kernel); sigma <= 0 is the identity.
+    """
 
     def __init__(self, sigma: float = 1.0) -> None:
         super().__init__()
         self.sigma = sigma
-        radius = math.ceil(2 * sigma)
+        self.size = 2 * math.ceil(2 * sigma) + 1
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """(1, 1, k, k) the normalised Gaussian kernel the blur applies (for inspection)."""
+        radius = self.size // 2
         x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        k = torch.exp(-(x**2) / (2 * sigma**2))
+        k = torch.exp(-(x**2) / (2 * self.sigma**2))
         k = k / k.sum()
-        self.register_buffer("kernel", (k[:, None] * k[None, :])[None, None], persistent=False)
+        return (k[:, None] * k[None, :])[None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
             return x
-        pad = self.kernel.shape[-1] // 2
-        n, c, h, w = x.shape
-        y = F.pad(x.reshape(n * c, 1, h, w), (pad, pad, pad, pad), mode="reflect")
-        return F.conv2d(y, self.kernel).reshape(n, c, h, w)
+        return TF.gaussian_blur(x, [self.size, self.size], [self.sigma, self.sigma])
 
 
 class Bottleneck(nn.Module):

@@ -4,7 +4,8 @@ Exactly the reference algorithm (alpha = 5 at the start, Adam with lr 1 on alpha
 copies, loss CE + beta * L_I with L_I the mean capacity over the C*h*w feature elements, i.e. beta in
 units of 1/k), computed faster with unchanged results:
 - the classifier is frozen, so no weight gradients are computed;
-- the head (input up to the layer) runs once per image; each step runs only the tail;
+- the head (input up to the layer) runs once per image; each step runs only the tail, on a network
+  without in-place modules (`infoflow.models.inplace`), so the cached feature stays the layer's output;
 - many images are fitted at once, each with its own alpha: Adam is element-wise and the loss is a sum
   of per-image losses, so this equals fitting them one at a time with the same noise.
 """
@@ -24,6 +25,7 @@ from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.modules import frozen
 
 
 @dataclass
@@ -164,10 +166,7 @@ class PerSampleIBA(Attribution):
         self, x: torch.Tensor, target: torch.Tensor, generators: list[torch.Generator] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.bottleneck is not None
-        module = self.model.module
-        flags = [p.requires_grad for p in module.parameters()]
-        module.requires_grad_(False)
-        try:
+        with frozen(self.model.module):
             n, k = x.shape[0], self.copies
             with torch.no_grad():
                 feature = self.split.head(x)
@@ -188,9 +187,6 @@ class PerSampleIBA(Attribution):
                 loss = (ce + self.beta * cap.flatten(1).mean(1)).sum()
                 loss.backward()
                 optimizer.step()
-        finally:
-            for p, flag in zip(module.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
         cap = cap.detach()
         prob_with = F.softmax(logits.detach(), 1).gather(1, t_rep[:, None]).view(n, k).mean(1)
         return capacity_to_heatmap(cap, tuple(x.shape[-2:])), cap, prob_with, prob_without

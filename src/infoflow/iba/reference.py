@@ -4,6 +4,10 @@ It does what the original IBA library does: one image per call, the whole networ
 every step (a forward hook replaces the layer's output by the noisy one), the image repeated `copies`
 times per step, and the classifier's weights left trainable, so their gradients are computed and thrown
 away. Given the same noise it gives the same heatmap as `PerSampleIBA`, only slower.
+
+It keeps no tensor across a forward pass: the layer's output is recomputed from the input at every step and
+the hook returns a new tensor, so in-place modules after the layer (which it leaves as they are) can
+change nothing it uses. That makes it an independent check of the fast path's cached-feature handling.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from infoflow.metrics.perturb import (
     run_perturbations,
 )
 from infoflow.metrics.tiles import TileGrid
+from infoflow.utils.modules import hide_module
 
 
 class DegradationResult(NamedTuple):
@@ -83,7 +84,7 @@ class Degradation(Metric):
         if num_points < 2 or batch_size < 1:
             raise ValueError(f"need num_points >= 2 and batch_size >= 1, got {num_points}, {batch_size}")
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
-        self.__dict__["model"] = resolve_classifier(model)
+        hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.batch_size = int(batch_size)
         total = self.grid.num_tiles

@@ -17,6 +17,7 @@ from infoflow.metrics.perturb import (
     run_perturbations,
 )
 from infoflow.metrics.tiles import TileGrid
+from infoflow.utils.modules import hide_module
 
 
 class SensitivityNResult(NamedTuple):
@@ -76,7 +77,7 @@ class SensitivityN(Metric):
         if not 0 < max_fraction <= 1 or num_n < 1 or num_subsets < 2 or batch_size < 1:
             raise ValueError("need 0 < max_fraction <= 1, num_n >= 1, num_subsets >= 2 and batch_size >= 1")
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
-        self.__dict__["model"] = resolve_classifier(model)
+        hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.batch_size = int(batch_size)
         total = self.grid.num_tiles

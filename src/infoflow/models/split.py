@@ -5,6 +5,9 @@ a graph module that starts from that output, so work after a bottleneck runs on 
 Networks that cannot be traced, or whose graph has connections that cross the cut (a skip connection
 around the layer), fall back to forward hooks on the full network: the head stops the forward pass at
 the layer, the tail reruns the network and substitutes the layer's output. Both give the same results.
+
+The network's in-place modules are switched off (`disable_inplace`), so `tail(feature)` never changes
+`feature`: methods run the tail many times on one cached feature.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import warnings
 import torch
 import torch.fx as fx
 from torch import nn
+
+from infoflow.models.inplace import disable_inplace
+from infoflow.utils.hooks import capture_outputs
 
 
 class _LeafTracer(fx.Tracer):
@@ -25,19 +31,17 @@ class _LeafTracer(fx.Tracer):
         return qualname == self.leaf or super().is_leaf_module(m, qualname)
 
 
-class _Stop(Exception):
-    pass
-
-
 class SplitModel(nn.Module):
     """`head(x)` gives the output of `layer`; `tail(feature, x)` continues from it to the logits.
 
-    `tail` needs the input `x` (with the same batch size as `feature`) only when `exact_split` is False,
-    i.e. when the hook fallback is in use; then `needs_input` is True.
+    `tail` needs the input `x` (with the same batch size as `feature`) only when the hook fallback
+    is in use; then `needs_input` is True. The in-place modules of `model` are
+    switched off for good (same outputs; see `infoflow.models.inplace`).
     """
 
     def __init__(self, model: nn.Module, layer: str, use_fx: bool = True) -> None:
         super().__init__()
+        disable_inplace(model)
         self.model = model
         self.layer = layer
         self.layer_module = model.get_submodule(layer)
@@ -56,20 +60,9 @@ class SplitModel(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self._head is not None:
             return self._head(x)
-        out: list[torch.Tensor] = []
-
-        def grab(_m: nn.Module, _i: object, o: torch.Tensor) -> None:
-            out.append(o)
-            raise _Stop
-
-        handle = self.layer_module.register_forward_hook(grab)
-        try:
+        with capture_outputs(self.model, [self.layer], until=True) as out:
             self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return out[0]
+        return out[self.layer]
 
     def tail(self, feature: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if self._tail is not None:

@@ -5,6 +5,9 @@ Weights are one of
 - a torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), fetched the torchvision way;
 - ``"default"`` for ``shapesnet``: trained on the built-in ``shapes`` data on first use and cached;
 - a path to a local checkpoint (a ``state_dict``, or a Lightning checkpoint), loaded with ``weights_only=True``.
+
+Every model is built with its in-place modules switched off (`infoflow.models.inplace`): same outputs, and
+no module can overwrite a feature that a method keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torchvision
 from torch import nn
 
 from infoflow.models.cifar_resnet import CifarResNet
+from infoflow.models.inplace import disable_inplace
 from infoflow.models.layers import resnet_layers, shapesnet_layers, vgg_layers
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.registry import Registry
@@ -116,7 +120,7 @@ def get_model(
     num_classes: int | None = None,
     input_size: tuple[int, int, int] | list[int] | None = None,
 ) -> ZooModel:
-    """Build zoo model `name` with `weights` (see module docstring), in eval mode."""
+    """Build zoo model `name` with `weights` (see module docstring), in eval mode, no module in place."""
     entry = MODELS.get(name)
     num_classes = int(num_classes or entry.num_classes)
     weights = "none" if weights is None else str(weights)
@@ -137,6 +141,7 @@ def get_model(
             + (", or 'default'" if name == "shapesnet" else "")
         )
     module.eval()
+    disable_inplace(module)
     size = tuple(int(s) for s in (input_size or entry.input_size))
     return ZooModel(name, module, num_classes, size, weights, entry.layers(module))  # type: ignore[arg-type]
 

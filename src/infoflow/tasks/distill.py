@@ -10,7 +10,6 @@ objective) plus its parts ``{stage}/kd`` (T^2 KL) and ``{stage}/ce``; the studen
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,6 +26,7 @@ from infoflow.tasks import TASKS
 from infoflow.tasks.classifier import ClassifierModule
 from infoflow.tasks.common import require_trained, save_weights
 from infoflow.tasks.skeleton import TrainingTask
+from infoflow.utils.modules import MovesHidden, hide_module
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
@@ -38,7 +38,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return alpha * kd + (1 - alpha) * ce, kd, ce
 
 
-class DistillModule(ClassifierModule):
+class DistillModule(MovesHidden, ClassifierModule):
     """`ClassifierModule` whose loss distils a frozen teacher (given with `set_teacher`) into `model`."""
 
     def __init__(self, model: nn.Module, num_classes: int, lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -50,14 +50,9 @@ class DistillModule(ClassifierModule):
         super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay)
 
     def set_teacher(self, teacher: nn.Module) -> DistillModule:
-        """Freeze `teacher` for good and keep it outside the module tree (`_apply` still moves it along)."""
-        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
+        """Freeze `teacher` for good and keep it outside the module tree (`MovesHidden` moves it along)."""
+        hide_module(self, "teacher", teacher.eval().requires_grad_(False))
         return self
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> DistillModule:  # type: ignore[override]
-        if "teacher" in self.__dict__:
-            self.teacher._apply(fn, recurse)
-        return super()._apply(fn, recurse)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(student logits, loss, kd, ce) of a batch."""
