@@ -127,7 +127,8 @@ def test_layerwise_reports_both_constraint_ratios_and_a_shared_colour_scale(tmp_
 
     def capture(fig, path, provenance=""):
         maps = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
-        labels = [ax.get_ylabel() for ax in fig.axes if not ax.images and ax.get_ylabel()]
+        labels = [ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes  # the colour bar, either orientation
+                  if not ax.images and (ax.get_ylabel() or ax.get_xlabel())]
         figures[Path(path).name] = ([im.get_clim() for im in maps], [im.get_array() for im in maps], labels)
         return save(fig, path, provenance)
 
