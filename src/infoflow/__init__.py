@@ -21,7 +21,13 @@ class _DropMessages(logging.Filter):
 # Lightning's advertisement for its cloud logger, printed whenever a Trainer is built without it
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropMessages("💡 Tip: For seamless cloud logging"))
-# Lightning's own use of torch's deprecated `LeafSpec` (a FutureWarning from torch >= 2.10 on every fit)
-warnings.filterwarnings(
-    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-)
+
+
+def _filter_warnings() -> None:
+    """Lightning's own use of torch's deprecated `LeafSpec` (a FutureWarning from torch >= 2.10 on every fit)."""
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
+_filter_warnings()

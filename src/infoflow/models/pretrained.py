@@ -52,9 +52,10 @@ def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
     from infoflow.data.shapes import ShapesDataModule
     from infoflow.models.shapesnet import ShapesNet
     from infoflow.tasks.classifier import ClassifierModule
+    from infoflow.utils.determinism import make_deterministic
 
     recipe = {**SHAPESNET_RECIPE, **overrides}
-    pl.seed_everything(recipe["seed"], workers=True, verbose=False)
+    make_deterministic(recipe["seed"])
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"],
                             num_empty=recipe["num_empty"])
     module = ClassifierModule(ShapesNet(num_classes), num_classes, lr=recipe["lr"])
