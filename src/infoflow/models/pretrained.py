@@ -14,10 +14,12 @@ import torch
 
 from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
 
-#: bump when the default data, model or recipe change, so stale caches are not reused
+#: bump "version" when the default data, model or recipe change, so stale caches are not reused.
 #: num_empty: no-object training images with fresh random labels, so that the model answers "no object"
-#: (and the Per-Sample Bottleneck's noise) with equal probabilities for all shapes, not with one of them
-SHAPESNET_RECIPE = {"version": 4, "epochs": 12, "lr": 4e-3, "seed": 0, "batch_size": 64, "num_empty": 1000}
+#: (and the Per-Sample Bottleneck's noise) with equal probabilities for all shapes, not with one of them.
+#: threads: CPU threads for training; the weights' bits depend on it (how reductions are split), so it is fixed.
+SHAPESNET_RECIPE = {"version": 4, "epochs": 12, "lr": 4e-3, "seed": 0, "batch_size": 64, "num_empty": 1000,
+                    "threads": 2}
 
 
 def cache_dir() -> Path:
@@ -46,7 +48,9 @@ def default_weights_version() -> str:
 
 
 def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
-    """Train ShapesNet on the default ShapesDataModule with Lightning; return its state dict."""
+    """Train ShapesNet on the default ShapesDataModule with Lightning, seeded, with deterministic kernels, on
+    the CPU with a fixed number of threads; return its state dict. Repeated runs give the same bits; other
+    machines should too when their torch build and CPU instruction set (oneDNN/BLAS kernels) are the same."""
     import pytorch_lightning as pl
 
     from infoflow.data.shapes import ShapesDataModule
@@ -59,11 +63,17 @@ def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"],
                             num_empty=recipe["num_empty"])
     module = ClassifierModule(ShapesNet(num_classes), num_classes, lr=recipe["lr"])
+    # always on the CPU, so that a machine with a GPU gets the same weights as one without
     trainer = pl.Trainer(
-        max_epochs=recipe["epochs"], accelerator="auto", devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, deterministic=True,
+        max_epochs=recipe["epochs"], accelerator="cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, deterministic="warn",
     )
-    trainer.fit(module, datamodule=data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe["threads"])
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        torch.set_num_threads(threads)
     acc = trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"]
     print(f"[infoflow] default shapesnet: test accuracy {acc:.3f}")
     return {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
