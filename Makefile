@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 ## Every benchmark, one after another (about 5 minutes on two CPU cores); each prints its ratios.
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## Every figure and table the README quotes (demo, Table 1, layer-wise SID, benchmarks), into figures/
+## with figures/README.md naming the command behind each (about 15 minutes on two CPU cores).
+figures: $(STAMP)
+	$(PY) experiments/figures.py --out figures
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ import torch
 
 from infoflow.data.base import ImageDataModule
 from infoflow.data.shapes import (
+    EMPTY_SPLIT_ID,
     OBJECT_SCALE,
     SHAPE_NAMES,
     SPLITS,
@@ -15,6 +16,7 @@ from infoflow.data.shapes import (
     box_to_mask,
     dihedral_augment,
     mask_to_box,
+    relabel_empty,
     render_image,
     render_split,
 )
@@ -221,6 +223,62 @@ def test_dihedral_augment(dm: ShapesDataModule) -> None:
     assert dm.on_after_batch_transfer(batch, 0) is batch  # only while a trainer trains
 
 
+def test_empty_images_only_in_training_and_independent_of_the_object_images() -> None:
+    dm = ShapesDataModule(**SMALL, num_empty=8)
+    train = dm.dataset("train").data
+    assert len(train["label"]) == 48 + 8
+    assert train["mask"][:48].flatten(1).any(1).all() and not train["mask"][48:].any()
+    assert not box_to_mask(train["box"][48:], 64, 64).any()  # empty boxes
+    assert torch.bincount(train["label"][48:], minlength=4).tolist() == [2] * 4  # balanced placeholders
+    plain = ShapesDataModule(**SMALL).dataset("train").data
+    for key in plain:  # the object images are those of num_empty=0
+        assert torch.equal(train[key][:48], plain[key]), key
+    assert all(len(dm.dataset(s)) == 24 for s in ("val", "test"))
+    assert all(dm.dataset(s).data["mask"].flatten(1).any(1).all() for s in ("val", "test"))
+    # image j of the empties depends on (seed, j) only, not on num_train
+    other = render_split("train", 5, 64, 4, seed=0, num_empty=3)
+    assert torch.equal(other["image"][5:], train["image"][48:51])
+    image, mask = render_image(np.random.default_rng([0, EMPTY_SPLIT_ID, 2]), None, 64)
+    assert not mask.any() and np.abs(image * 255 - train["image"][50].numpy()).max() <= 0.5 + 1e-3
+    assert len(torch.unique(train["image"][48:].flatten(1), dim=0)) == 8
+    # the background alone: the same pixels as an object image from the same generator, away from the object
+    with_object, object_mask = render_image(np.random.default_rng([0, EMPTY_SPLIT_ID, 2]), 1, 64)
+    far = ~_dilate(torch.from_numpy(object_mask), 2).numpy()
+    assert np.abs(with_object[:, far] - image[:, far]).max() < 0.2  # only the i.i.d. pixel noise differs
+
+
+def test_relabel_empty_draws_uniform_labels_for_empty_images_only() -> None:
+    n = 4000
+    mask = torch.zeros(n, 8, 8, dtype=torch.bool)
+    mask[: n // 2, 2, 3] = True  # the first half has objects
+    label = torch.arange(n) % 3
+    batch = {"label": label, "mask": mask}
+    torch.manual_seed(0)
+    out = relabel_empty(batch, 3)
+    assert torch.equal(out["label"][: n // 2], label[: n // 2]) and torch.equal(batch["label"], label)
+    freq = torch.bincount(out["label"][n // 2 :], minlength=3).float() / (n // 2)
+    assert (freq - 1 / 3).abs().max() < 0.04  # 4 standard errors
+    assert not torch.equal(out["label"][n // 2 :], label[n // 2 :])
+    again = relabel_empty(batch, 3)  # drawn anew at each use
+    assert not torch.equal(again["label"], out["label"])
+    full = {"label": label[:4], "mask": mask[:4]}
+    assert relabel_empty(full, 3) is full  # no empty image: nothing to do
+
+
+def test_training_batches_relabel_empty_images_and_augment() -> None:
+    from types import SimpleNamespace
+
+    dm = ShapesDataModule(**SMALL, num_empty=48)
+    data = _all(dm, "train")
+    batch = {k: v[40:56] for k, v in data.items()}  # 8 object images, 8 empty ones
+    dm.trainer = SimpleNamespace(training=False)
+    assert dm.on_after_batch_transfer(batch, 0) is batch
+    dm.trainer = SimpleNamespace(training=True)
+    labels = torch.stack([dm.on_after_batch_transfer(batch, 0)["label"] for _ in range(20)])
+    assert (labels[:, :8] == batch["label"][:8]).all()  # objects keep their class
+    assert all(len(labels[:, j].unique()) > 1 for j in range(8, 16))  # empties get fresh labels
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -232,6 +290,7 @@ def test_dihedral_augment(dm: ShapesDataModule) -> None:
         ({"num_train": 0}, "num_train"),
         ({"num_val": -1}, "num_val"),
         ({"num_test": 0}, "num_test"),
+        ({"num_empty": -1}, "num_empty"),
         ({"seed": -1}, "seed"),
         ({"batch_size": 0}, "batch_size"),
         ({"num_workers": -1}, "num_workers"),

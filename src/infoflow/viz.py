@@ -15,9 +15,12 @@ import torch  # noqa: E402
 from infoflow.utils.checkpoint import atomic_write  # noqa: E402
 
 
-def save_figure(fig: plt.Figure, path: str | Path, provenance: str = "") -> Path:
-    """Save `fig` as PNG atomically, with `provenance` (e.g. the resolved config) in its metadata."""
-    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+def save_figure(fig: plt.Figure, path: str | Path, provenance: str = "", tight: bool = True) -> Path:
+    """Save `fig` as PNG atomically, with `provenance` (e.g. the resolved config) in its metadata.
+
+    ``tight=False`` keeps the figure's own size (figsize x 110 dpi), so that figures of one kind have equal
+    pixel sizes whatever their titles and labels (W&B shows a list of images well only then)."""
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight" if tight else None,
                                                       metadata={"Description": provenance}))
     plt.close(fig)
     return path
@@ -35,8 +38,10 @@ def plot_heatmap(
     path: str | Path,
     provenance: str = "",
 ) -> Path:
-    """Image (3, H, W) in [0, 1] beside the heatmap (H, W) over it, with a colour bar in `unit`."""
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4))
+    """Image (3, H, W) in [0, 1] beside the heatmap (H, W) over it, with a colour bar in `unit`.
+
+    Always 792 x 374 px, so that a run's heatmap PNGs can be logged together."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4), layout="constrained")
     axes[0].imshow(_rgb(image))
     axes[0].set_title("input")
     axes[1].imshow(_rgb(image))
@@ -46,7 +51,7 @@ def plot_heatmap(
         ax.axis("off")
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04, label=unit)
     fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path, provenance)
+    return save_figure(fig, path, provenance, tight=False)
 
 
 def plot_grid(

@@ -20,9 +20,11 @@ ANALYSES: Registry[Callable[[DictConfig], dict[str, Any]]] = Registry("analysis"
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
     """Run the analysis ``cfg.analysis.name`` after checking the settings (before any work)."""
     from infoflow.analyses.common import check_settings
+    from infoflow.utils.determinism import make_deterministic
 
     analysis = ANALYSES.get(cfg.analysis.name)
     check_settings(cfg)
+    make_deterministic(cfg.seed)  # seeded, deterministic kernels: a rerun on this machine gives the same numbers
     with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
         return analysis(cfg)
 

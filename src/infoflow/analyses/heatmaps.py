@@ -2,7 +2,9 @@
 
 Per image: a PNG of the heatmap over the image with a colour bar in the method's unit, the target class
 and (for bottleneck methods) its probability with and without the bottleneck; a CSV row with the same
-and, where the data has object masks, the mean heatmap inside and outside the object.
+and, where the data has object masks, the mean heatmap inside and outside the object. Per target class
+(with masks): the mean inside and outside over its images and their ratio, printed and written to
+``heatmaps_by_class.csv`` and ``heatmaps_by_class.md``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,29 @@ from omegaconf import DictConfig
 from infoflow.analyses import ANALYSES
 from infoflow.analyses.common import evaluation_batches, log_results, output_dir, provenance
 from infoflow.builders import build_datamodule, build_method, build_model
+from infoflow.utils.determinism import make_deterministic
+from infoflow.utils.tables import to_markdown_table, write_markdown
 from infoflow.viz import plot_heatmap
+
+
+def by_class(df: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """Per target class (in class order, only those present), then ``all`` images: ``images``,
+    ``mean_inside`` and ``mean_outside`` (means over the images of the per-image means, in the heatmap's
+    unit), their ``ratio`` and the smallest per-image ratio ``min_image_ratio``."""
+    groups = [(name, df[df["target"] == k]) for k, name in enumerate(class_names)] + [("all", df)]
+    rows = []
+    for name, sel in groups:
+        if len(sel):
+            inside, outside = float(sel["mean_inside"].mean()), float(sel["mean_outside"].mean())
+            rows.append({"class": name, "images": len(sel), "mean_inside": inside, "mean_outside": outside,
+                         "ratio": inside / max(outside, 1e-12),
+                         "min_image_ratio": float(sel["inside_outside_ratio"].min())})
+    return pd.DataFrame(rows)
 
 
 @ANALYSES.register("heatmaps")
 def run(cfg: DictConfig) -> dict[str, Any]:
+    make_deterministic(cfg.seed)  # the estimator's shuffled pass over the training split included
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
     method = build_method(cfg, model, dm)
@@ -53,13 +73,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             rows.append(row)
             pngs.append(plot_heatmap(images[i], heat[i], title, method.unit, out / f"{idx:04d}_{name}.png", prov))
     df = pd.DataFrame(rows)
+    tables = {"heatmaps": df}
     summary: dict[str, Any] = {"num_images": len(df)}
     if "mean_inside" in df:
         summary["mean_inside"] = float(df["mean_inside"].mean())
         summary["mean_outside"] = float(df["mean_outside"].mean())
         summary["inside_outside_ratio"] = summary["mean_inside"] / max(summary["mean_outside"], 1e-12)
+        classes = tables["heatmaps_by_class"] = by_class(df, dm.class_names)
+        summary["worst_class_ratio"] = float(classes["ratio"][:-1].min())
         print(f"mean heatmap inside the object masks: {summary['mean_inside']:.4f} {method.unit}, "
               f"outside: {summary['mean_outside']:.4f} {method.unit} (ratio {summary['inside_outside_ratio']:.2f})")
-    print(f"wrote {len(pngs)} heatmaps to {out} and heatmaps.csv")
-    log_results(cfg, {"heatmaps": df}, {"heatmaps": pngs[:16]}, summary)
+        print(f"per target class [{method.unit}]:\n{to_markdown_table(classes)}")
+        write_markdown(classes, output_dir(cfg) / "heatmaps_by_class.md",
+                       f"{cfg.method.name} @ {cfg.model.name}/{cfg.layer}: mean heatmap inside / outside the object "
+                       f"masks per target class [{method.unit}]")
+    print(f"wrote {len(pngs)} heatmaps to {out} and {', '.join(f'{t}.csv' for t in tables)}")
+    log_results(cfg, tables, {"heatmaps": pngs[:16]}, summary)
     return summary
