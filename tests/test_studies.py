@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.errors import ConfigError
-from infoflow.models import get_model
+from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, model_table
 from infoflow.studies.stages import read_done, run_stages, stage_config
 from infoflow.studies.verdicts import VERDICTS, spearman
@@ -116,7 +116,8 @@ def test_verdicts_of_the_other_studies_follow_the_numbers() -> None:
 @pytest.mark.parametrize("experiment", STUDY_CONFIGS)
 def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        study = compose("train", overrides=[f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+        paper = [] if experiment.endswith("_shapes") else ["data.root=/data/cifar10"]
+        study = compose("train", overrides=[f"experiment={experiment}", f"paths.output_dir={tmp_path}", *paper])
         assert study.task.name == "study" and "study" in TASKS and study.task.study in VERDICTS
         TASKS.get("study")(study).check()
         names = {m.name for m in study.task.models}
@@ -125,11 +126,18 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
             assert cfg.paths.output_dir == str(tmp_path / name)
             if study.task.stages[name].kind == "evaluate":
                 assert {e.name for e in cfg.analysis.compare} == names
+                for e in cfg.analysis.compare:  # the analysed layers exist in every compared network
+                    entry = MODELS.get(e.model)
+                    with torch.device("meta"):
+                        layers = entry.layers(entry.build(entry.num_classes))
+                    assert set(cfg.analysis.layers or []) <= set(layers), (e.model, list(layers))
             elif study.task.stages[name].kind == "train":
                 assert cfg.task.name in TASKS
+            if not experiment.endswith("_shapes"):
+                assert cfg.data.root == "/data/cifar10" and cfg.trainer.accelerator == "gpu"
         for m in study.task.models:  # the compared networks exist and are built from the stages' outputs
             assert m.stage is None or m.stage in study.task.stages
-            get_model(m.model, num_classes=4, input_size=(3, 64, 64)) if experiment.endswith("_shapes") else None
+            assert m.model in MODELS
 
 
 def test_a_stage_with_a_mistyped_option_is_one_clear_error(tmp_path: Path) -> None:
