@@ -9,7 +9,8 @@ A stage is a mapping in ``task.stages``::
         trainer.max_epochs: 3
         analysis.compare: [...]  # lists and mappings are set after composition
 
-``task.common`` holds overrides applied to every stage first (the data, the trainer). A finished stage
+``task.common`` holds overrides applied to every stage first (the data, the trainer; a null value leaves the
+stage's own, and keys of a group only the other primary config has are skipped). A finished stage
 writes ``done.json`` (its final metrics, wall time and the fingerprint of its resolved config) into its
 directory; `run_stages` skips such stages, so rerunning an interrupted study in the same directory resumes
 at the first stage that did not finish. A stage whose config changed since it finished runs again, and so
@@ -79,7 +80,8 @@ def stage_config(study: DictConfig, name: str) -> DictConfig:
     common = OmegaConf.to_container(study.task.get("common") or OmegaConf.create({}), resolve=True)
     primary = PRIMARY[spec.kind]
     foreign = tuple(g for p, groups in ONLY.items() if p != primary for g in groups)
-    merged = {k: v for k, v in common.items() if k.lstrip("+~").split("@")[0].split(".")[0] not in foreign}
+    merged = {k: v for k, v in common.items()  # null in common: leave the stage's own value
+              if v is not None and k.lstrip("+~").split("@")[0].split(".")[0] not in foreign}
     merged.update(OmegaConf.to_container(spec.get("overrides") or OmegaConf.create({}), resolve=True))
     plain, structured = [], {}
     for key, value in merged.items():
