@@ -7,6 +7,7 @@ print the command that resumes the run (see `infoflow.utils.entry`).
 import hydra
 from omegaconf import DictConfig
 
+import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.tasks import run_task
 from infoflow.utils.entry import reports_user_errors, run_entry
 

@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.analyses import ANALYSES
 from infoflow.attribution import METHODS
 from infoflow.data.base import ImageDataModule

@@ -19,8 +19,10 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     """Run the task ``cfg.task.name`` (see `infoflow.tasks.skeleton`); return its final metrics."""
     from infoflow.tasks.skeleton import run_training
 
+    task = TASKS.get(cfg.task.name)(cfg)
+    run = getattr(task, "run", None)  # a task that is no single fit (task=study) runs itself
     with using_cache_dir(cfg.paths.cache_dir):  # one setting moves every cache, the default weights too
-        return run_training(TASKS.get(cfg.task.name)(cfg))
+        return run() if run is not None else run_training(task)
 
 
-from infoflow.tasks import classifier, decoder, default_weights, distill, prune, readout  # noqa: E402,F401
+from infoflow.tasks import autoencoder, classifier, decoder, default_weights, distill, prune, readout  # noqa: E402,F401

@@ -1,0 +1,158 @@
+"""The stages of a study: each one a ``train.py`` task or an ``evaluate.py`` analysis, run in order.
+
+A stage is a mapping in ``task.stages``::
+
+    original:                    # the stage's name: its run directory is <study dir>/original
+      kind: train                # train (a train.py task) | evaluate (an evaluate.py analysis) | robustness
+      overrides:                 # config group choices and values, as on the command line
+        task: classifier
+        trainer.max_epochs: 3
+        analysis.compare: [...]  # lists and mappings are set after composition
+
+``task.common`` holds overrides applied to every stage first (the data, the trainer; a null value leaves the
+stage's own, and keys of a group only the other primary config has are skipped). A finished stage
+writes ``done.json`` (its final metrics, wall time and the fingerprint of its resolved config) into its
+directory; `run_stages` skips such stages, so rerunning an interrupted study in the same directory resumes
+at the first stage that did not finish. A stage whose config changed since it finished runs again, and so
+does every stage after a stage that ran. A ``train`` stage resumes its own fit from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from infoflow.builders import config_hash
+from infoflow.errors import ConfigError
+from infoflow.utils.checkpoint import atomic_write
+
+log = logging.getLogger(__name__)
+
+#: stage kind -> the primary config its stage config is composed from
+PRIMARY = {"train": "train", "evaluate": "evaluate", "robustness": "evaluate"}
+#: config groups: a plain value for one of these keys selects an option (``model: vgg16``)
+GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "task", "analysis", "method",
+          "hparams_search", "experiment")
+#: the groups (and their values) only one primary config has: ``task.common`` keys of them skip the other
+ONLY = {"train": ("callbacks", "task", "ckpt_path", "hparams_search"), "evaluate": ("analysis", "method")}
+DONE = "done.json"
+_PLAIN = re.compile(r"^[\w./:@+-]+$")
+
+
+def _override_value(value: Any) -> str:
+    """`value` in Hydra's override syntax (strings quoted unless plain)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return text if _PLAIN.match(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def stage_spec(study: DictConfig, name: str) -> DictConfig:
+    """The stage `name` of ``study.task.stages``, checked."""
+    stages = study.task.stages
+    if name not in stages:
+        raise ConfigError(f"unknown stage {name!r}; the study's stages are: {', '.join(stages)}")
+    spec = stages[name]
+    if spec.get("kind") not in PRIMARY:
+        raise ConfigError(f"stage {name}: kind must be one of {', '.join(PRIMARY)}, got {spec.get('kind')!r}")
+    return spec
+
+
+def stage_dir(study: DictConfig, name: str) -> Path:
+    return Path(study.paths.output_dir) / name
+
+
+def stage_config(study: DictConfig, name: str) -> DictConfig:
+    """The composed config of stage `name` (needs an initialised Hydra, as inside ``train.py``)."""
+    spec = stage_spec(study, name)
+    common = OmegaConf.to_container(study.task.get("common") or OmegaConf.create({}), resolve=True)
+    primary = PRIMARY[spec.kind]
+    foreign = tuple(g for p, groups in ONLY.items() if p != primary for g in groups)
+    merged = {k: v for k, v in common.items()  # null in common: leave the stage's own value
+              if v is not None and k.lstrip("+~").split("@")[0].split(".")[0] not in foreign}
+    merged.update(OmegaConf.to_container(spec.get("overrides") or OmegaConf.create({}), resolve=True))
+    plain, structured = [], {}
+    for key, value in merged.items():
+        if isinstance(value, (list, dict)):
+            structured[key] = value
+        elif key.lstrip("+~").split("@")[0] in GROUPS:
+            plain.append(f"{key}={'null' if value is None else value}")
+        else:
+            plain.append(f"{key}={_override_value(value)}")
+    out = stage_dir(study, name)
+    try:
+        cfg = compose(primary, overrides=[*plain, f"paths.output_dir={_override_value(str(out))}",
+                                                     f"seed={study.seed}"])
+    except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
+        raise ConfigError(f"stage {name} of the study does not compose: {err}") from err
+    for key, value in structured.items():
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    if spec.kind == "train" and cfg.get("callbacks") and cfg.callbacks.get("model_checkpoint"):
+        cfg.ckpt_path = "last"  # an interrupted fit goes on from its last checkpoint
+    return cfg
+
+
+def read_done(directory: str | Path) -> dict[str, Any] | None:
+    """The ``done.json`` record of a finished stage, or None."""
+    path = Path(directory) / DONE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _jsonable(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {}
+    for key, value in (metrics or {}).items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            out[str(key)] = str(value)
+    return out
+
+
+def run_stages(
+    names: list[str],
+    directory: Callable[[str], Path],
+    config: Callable[[str], DictConfig | ListConfig],
+    runner: Callable[[str, DictConfig], Mapping[str, Any] | None],
+) -> dict[str, dict[str, Any]]:
+    """Run the stages `names` in order, skipping finished ones; return each stage's ``done.json`` record.
+
+    Args:
+        directory: stage name -> its run directory.
+        config: stage name -> its composed config (fingerprinted: a changed config reruns the stage).
+        runner: ``runner(name, cfg)`` runs one stage and returns its final metrics.
+    A stage that raises leaves no ``done.json``: rerunning resumes at that stage.
+    """
+    records, rerun_rest = {}, False
+    for name in names:
+        cfg, out = config(name), directory(name)
+        fingerprint = config_hash(OmegaConf.to_container(cfg, resolve=False))
+        done = read_done(out)
+        if done is not None and done.get("fingerprint") == fingerprint and not rerun_rest:
+            log.info("stage %s: done before (%s), skipped", name, out / DONE)
+            print(f"[study] stage {name}: already done, skipped ({out / DONE})")
+            records[name] = done
+            continue
+        if done is not None:
+            reason = "an earlier stage ran again" if rerun_rest else "its settings changed"
+            print(f"[study] stage {name}: runs again ({reason})")
+        print(f"[study] stage {name}: running into {out}")
+        start = time.perf_counter()
+        metrics = runner(name, cfg)
+        record = {"stage": name, "metrics": _jsonable(metrics), "seconds": round(time.perf_counter() - start, 2),
+                  "fingerprint": fingerprint, "output_dir": str(out)}
+        atomic_write(out / DONE, lambda tmp, r=record: tmp.write_text(json.dumps(r, indent=2)))
+        print(f"[study] stage {name}: done in {record['seconds']:.1f} s")
+        records[name], rerun_rest = record, True
+    return records
