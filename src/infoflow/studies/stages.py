@@ -30,8 +30,8 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from infoflow.builders import config_hash
 from infoflow.errors import ConfigError
+from infoflow.utils.cache import digest as config_hash
 from infoflow.utils.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
