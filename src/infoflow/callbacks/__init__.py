@@ -5,7 +5,8 @@ Sensitivity-n, bounding-box ratio of attribution maps) measure the network being
 a fixed, seeded subset; see `common` for what they share.
 """
 
+from infoflow.callbacks.attribution_metrics import AttributionMetricsCallback
 from infoflow.callbacks.common import EvaluationCallback
 from infoflow.callbacks.layerwise import LayerwiseCallback
 
-__all__ = ["EvaluationCallback", "LayerwiseCallback"]
+__all__ = ["AttributionMetricsCallback", "EvaluationCallback", "LayerwiseCallback"]

@@ -237,14 +237,17 @@ def log_wandb(trainer: pl.Trainer, items: dict[str, Any]) -> None:
         run.log({**items, "trainer/global_step": trainer.global_step})
 
 
-def line_series(table: pd.DataFrame, x: str, y: str, series: str, title: str, xname: str) -> Any:
-    """A W&B line-series chart: one line of `y` over `x` per value of `series`."""
+def line_series(table: pd.DataFrame, x: str, y: str, series: str, title: str, xname: str,
+                prefix: str | None = None) -> Any:
+    """A W&B line-series chart: one line of `y` over `x` per value of `series` (named ``<prefix> <value>``,
+    the prefix defaulting to the column's name)."""
     import wandb
 
     groups = list(table.groupby(series, sort=True))
+    prefix = series if prefix is None else prefix
     return wandb.plot.line_series(
         xs=[g[x].astype(float).tolist() for _, g in groups], ys=[g[y].astype(float).tolist() for _, g in groups],
-        keys=[f"{series} {k}" for k, _ in groups], title=title, xname=xname,
+        keys=[f"{prefix} {k}".strip() for k, _ in groups], title=title, xname=xname,
     )
 
 

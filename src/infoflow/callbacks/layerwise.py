@@ -81,7 +81,7 @@ class LayerwiseCallback(EvaluationCallback):
     Args:
         model, every_n_epochs, at_start, num_images, split, seed, output_dir: see `EvaluationCallback`.
         layers: paper layer names or module paths; None: the model's conv layers.
-        sid: `SIDConfig` fields (a cheap budget by default: 30 steps, 16 evaluation draws).
+        sid: `SIDConfig` fields (a cheap budget by default: 10 steps of 2 draws, 8 evaluation draws).
         delta_f2_samples, tau: noise draws per image and scale of the delta_f² estimate.
         concentration: None (when the data has masks or boxes) | True (required) | False.
         ru: None (when decoders are available) | True (required) | False.
@@ -92,14 +92,14 @@ class LayerwiseCallback(EvaluationCallback):
 
     name = "layerwise"
 
-    def __init__(self, model: str, every_n_epochs: int = 1, at_start: bool = False, num_images: int = 8,
+    def __init__(self, model: str, every_n_epochs: int = 2, at_start: bool = False, num_images: int = 4,
                  split: str = "val", seed: int = 0, output_dir: str | None = None,
                  layers: Sequence[str] | None = None, sid: dict[str, Any] | None = None,
                  delta_f2_samples: int = 8, tau: float = 1e-3, concentration: bool | None = None,
                  ru: bool | None = None, decoder_steps: int = 0, decoder_width: int = 32, decoder_lr: float = 2e-3,
                  decoder_dir: str | None = None, ru_samples: int = 8) -> None:
         super().__init__(model, every_n_epochs, at_start, num_images, split, seed, output_dir)
-        fields = {"steps": 30, "samples": 4, "eval_samples": 16, "lr": 0.1, **dict(sid or {})}
+        fields = {"steps": 10, "samples": 2, "eval_samples": 8, "projection_iters": 4, "lr": 0.1, **dict(sid or {})}
         try:
             self.sid_config = SIDConfig(**fields)
         except TypeError as e:
@@ -165,6 +165,16 @@ class LayerwiseCallback(EvaluationCallback):
     # ---- measuring ---------------------------------------------------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: ImageDataModule,
                 epoch: int) -> pd.DataFrame:
+        per_image = self.measure_images(trainer, pl_module, dm, epoch)
+        if trainer.is_global_zero:
+            self._append_images(per_image, epoch)
+        means = per_image.drop(columns=["image"]).groupby(["layer_index", "layer"], sort=True).mean().reset_index()
+        means["images"] = len(self.indices)
+        return means
+
+    def measure_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: ImageDataModule,
+                       epoch: int) -> pd.DataFrame:
+        """One row per subset image and layer, gathered from every process (collective), by image."""
         zoo = trained_network(pl_module, self.model_name, dm)
         device = pl_module.device
         x01 = dm.denormalize(self.subset["image"].to(device))
@@ -193,11 +203,7 @@ class LayerwiseCallback(EvaluationCallback):
         per_image = pd.DataFrame(everything, columns=_COLUMNS).astype({"image": int, "layer_index": int})
         per_image = per_image.sort_values(["image", "layer_index"]).reset_index(drop=True)
         per_image.insert(2, "layer", [self.layers[j - 1] for j in per_image["layer_index"]])
-        if trainer.is_global_zero:
-            self._append_images(per_image, epoch)
-        means = per_image.drop(columns=["image"]).groupby(["layer_index", "layer"], sort=True).mean().reset_index()
-        means["images"] = len(self.indices)
-        return means
+        return per_image
 
     def _append_images(self, per_image: pd.DataFrame, epoch: int) -> None:
         path = self.out_dir / "layerwise_images.csv"
