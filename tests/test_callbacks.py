@@ -189,7 +189,7 @@ def test_cli_run_logs_layerwise_charts_tables_and_images_to_wandb(cli_run: Path)
     media = next(cli_run.glob("wandb/offline-run-*/files"))
     final = [r for r in history if "layerwise/sid_by_layer_table/path" in r][-1]
     table = json.loads((media / final["layerwise/sid_by_layer_table/path"]).read_text())
-    assert len(table["data"]) == 4 and {row[0] for row in table["data"]} == {"epoch 1", "epoch 2"}
+    assert len(table["data"]) == 4 and {row[1] for row in table["data"]} == {"epoch 1", "epoch 2"}
     # scalars: one per layer and epoch, equal to the CSV
     csv = pd.read_csv(cli_run / "callbacks" / "layerwise.csv")
     sid = [r["layerwise/sid/conv3"] for r in history if "layerwise/sid/conv3" in r]
@@ -206,8 +206,13 @@ def test_cli_run_writes_csv_and_png(cli_run: Path) -> None:
     assert "RU skipped: the weights change during training" in (cli_run / "train.log").read_text()
     attr = pd.read_csv(out / "attribution_metrics.csv")
     assert set(attr["method"]) == {"gradient", "gradcam"}
-    morf = attr[(attr["curve"] == "morf") & (attr["epoch"] == 2) & (attr["method"] == "gradient")]
-    assert morf["y"].iloc[0] == pytest.approx(1.0) and morf["y"].iloc[-1] == pytest.approx(0.0)  # eq. 9 ends
+    pick = (attr["epoch"] == 2) & (attr["method"] == "gradient")
+    morf, lerf = (attr[pick & (attr["curve"] == c)]["y"].to_numpy() for c in ("morf", "lerf"))
+    # both curves start at the unperturbed images and end at the fully degraded ones, normalised to 0 (eq. 9)
+    assert morf[0] == pytest.approx(lerf[0]) and morf[-1] == pytest.approx(0, abs=1e-9) == lerf[-1]
+    score = attr[pick & (attr["curve"] == "degradation")]["y"].item()
+    x = attr[pick & (attr["curve"] == "morf")]["x"].to_numpy()
+    assert score == pytest.approx(float(((lerf - morf)[1:] + (lerf - morf)[:-1]) @ (x[1:] - x[:-1]) / 2))
     assert attr[attr["curve"] == "bbox"]["y"].between(0, 1).all()
     for name in ("layerwise_sid_layer_epoch.png", "layerwise_sid_curves.png", "layerwise_concentration_curves.png",
                  "attribution_degradation_curves.png", "attribution_sensitivity_curves.png",
