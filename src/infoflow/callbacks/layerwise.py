@@ -157,7 +157,7 @@ class LayerwiseCallback(EvaluationCallback):
         try:
             load_decoders(self.decoder_dir, zoo, self.layers)
         except MissingDecoderError as e:
-            return f"no stored decoder for layer {e.layer!r} in {self.decoder_dir}"
+            return f"no stored decoder for layer {e.layer!r} in {self.decoder_dir} ({e.hint.format(model=zoo.name, layer=e.layer, weights=zoo.weights, path=e.path)})"
         except ValueError as e:
             return str(e)
         return None
