@@ -70,7 +70,7 @@ class AttributionMetricsCallback(EvaluationCallback):
 
     name = "attribution_metrics"
 
-    def __init__(self, model: str, every_n_epochs: int = 1, at_start: bool = False, num_images: int = 8,
+    def __init__(self, model: str, every_n_epochs: int = 2, at_start: bool = False, num_images: int = 8,
                  split: str = "val", seed: int = 0, output_dir: str | None = None,
                  methods: Sequence[dict[str, Any]] | None = None, degradation_tile: int = 8,
                  degradation: dict[str, Any] | None = None, sensitivity_tile: int = 8,
