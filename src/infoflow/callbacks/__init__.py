@@ -1,0 +1,12 @@
+"""Evaluation callbacks any ``train.py`` task can switch on: ``callbacks=[default,layerwise]``.
+
+`LayerwiseCallback` (SID / concentration / RU per layer) and `AttributionMetricsCallback` (degradation,
+Sensitivity-n, bounding-box ratio of attribution maps) measure the network being trained every few epochs on
+a fixed, seeded subset; see `common` for what they share.
+"""
+
+from infoflow.callbacks.attribution_metrics import AttributionMetricsCallback
+from infoflow.callbacks.common import EvaluationCallback
+from infoflow.callbacks.layerwise import LayerwiseCallback
+
+__all__ = ["AttributionMetricsCallback", "EvaluationCallback", "LayerwiseCallback"]
