@@ -1,27 +1,44 @@
-"""Training of the built-in default model's weights (`infoflow.models.pretrained` calls it on first use)."""
+"""Training of the built-in default models' weights (`infoflow.models.pretrained` calls it on first use)."""
 
 from __future__ import annotations
+
+import time
 
 import pytorch_lightning as pl
 import torch
 
 from infoflow.data.shapes import ShapesDataModule
-from infoflow.models.pretrained import SHAPESNET_RECIPE
-from infoflow.models.shapesnet import ShapesNet
+from infoflow.models.pretrained import DEFAULTS
 from infoflow.tasks.classifier import ClassifierModule
 
 
-def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
-    """Train ShapesNet on the default ShapesDataModule with Lightning; return its state dict."""
-    recipe = {**SHAPESNET_RECIPE, **overrides}
+def train_default(model: str, num_classes: int, **overrides) -> dict[str, torch.Tensor]:
+    """Train zoo `model` from scratch on the default ShapesDataModule with its recipe in
+    `infoflow.models.pretrained.DEFAULTS` (items overridden by `overrides`); return its state dict."""
+    from infoflow.models.zoo import MODELS
+
+    recipe = {**DEFAULTS[model].recipe, **overrides}
     pl.seed_everything(recipe["seed"], workers=True, verbose=False)
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"])
-    module = ClassifierModule(ShapesNet(num_classes), num_classes, lr=recipe["lr"])
+    network = MODELS.get(model).build(num_classes)
+    extra = {"weight_decay": recipe["weight_decay"]} if "weight_decay" in recipe else {}
+    module = ClassifierModule(network, num_classes, lr=recipe["lr"], **extra)
     trainer = pl.Trainer(
         max_epochs=recipe["epochs"], accelerator="auto", devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, deterministic=True,
     )
+    start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     acc = trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"]
-    print(f"[infoflow] default shapesnet: test accuracy {acc:.3f}")
+    print(f"[infoflow] default {model}: test accuracy {acc:.3f} ({time.perf_counter() - start:.0f} s)")
     return {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
+
+
+def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
+    """The default ShapesNet weights (`train_default`)."""
+    return train_default("shapesnet", num_classes, **overrides)
+
+
+def train_shapesvit(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
+    """The default ShapesViT weights (`train_default`)."""
+    return train_default("shapesvit", num_classes, **overrides)
