@@ -23,7 +23,7 @@ from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
 
 #: bump ``version`` when the default data, model or recipe change, so stale caches are not reused
 SHAPESNET_RECIPE = {"version": 3, "epochs": 12, "lr": 4e-3, "seed": 0, "batch_size": 64}
-SHAPESVIT_RECIPE = {"version": 1, "epochs": 30, "lr": 1e-3, "seed": 0, "batch_size": 64, "weight_decay": 0.05}
+SHAPESVIT_RECIPE = {"version": 1, "epochs": 30, "lr": 2e-3, "seed": 0, "batch_size": 64, "weight_decay": 0.05}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class TokenMap(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         patches = tokens[:, self.num_prefix :]
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid).contiguous()
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, num_prefix={self.num_prefix}"
@@ -55,7 +55,7 @@ class ChannelsFirst(nn.Module):
     """Channels-last tokens (N, h, w, C) -> map (N, C, h, w); `channels_last` goes back."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.permute(0, 3, 1, 2)
+        return tokens.permute(0, 3, 1, 2).contiguous()
 
 
 def channels_last(feature_map: torch.Tensor) -> torch.Tensor:

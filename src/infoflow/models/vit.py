@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
+from infoflow.errors import ConfigError
 from infoflow.models.tokens import ChannelsFirst, TokenMap, channels_last, with_patch_tokens
 
 
@@ -79,6 +80,21 @@ class TokenSwin(nn.Module):
 
 
 def shapesvit(num_classes: int = 4, image_size: int = 64) -> TokenViT:
-    """The built-in ViT for the `shapes` data: 8x8 patches (an 8x8 grid at 64x64), 6 blocks, width 128."""
+    """The built-in ViT for the `shapes` data: 8x8 patches (an 8x8 grid at 64x64), 6 blocks, width 64."""
     return TokenViT(VisionTransformer(image_size=image_size, patch_size=8, num_layers=6, num_heads=4,
-                                      hidden_dim=128, mlp_dim=256, num_classes=num_classes))
+                                      hidden_dim=64, mlp_dim=128, num_classes=num_classes))
+
+
+def is_transformer(module: nn.Module) -> bool:
+    """Whether `module` has attention layers (torchvision's multi-head or shifted-window attention)."""
+    return any(isinstance(m, nn.MultiheadAttention | ShiftedWindowAttention) for m in module.modules())
+
+
+def reject_transformer(module: nn.Module, method: str, model_name: str) -> None:
+    """Raise a `ConfigError` if `module` is a transformer: `method` has no sound rule for attention."""
+    if is_transformer(module):
+        raise ConfigError(
+            f"{method} has no sound rule set for attention layers, and {model_name!r} is a transformer; on "
+            "transformers use iba, readout, gradient, saliency, smoothgrad, integrated-gradients, guided-backprop, "
+            "gradcam, guided-gradcam, occlusion-8/14 or attention-rollout (ViT)"
+        )
