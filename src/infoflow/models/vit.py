@@ -33,12 +33,13 @@ class TokenViT(nn.Module):
         super().__init__()
         self.image_size, self.patch_size, self.hidden_dim = vit.image_size, vit.patch_size, vit.hidden_dim
         self.num_prefix = num_prefix
-        self.conv_proj, self.class_token, self.encoder, self.heads = vit.conv_proj, vit.class_token, vit.encoder, vit.heads
+        self.conv_proj, self.class_token, self.encoder = vit.conv_proj, vit.class_token, vit.encoder
         grid = (vit.image_size // vit.patch_size,) * 2
         self.embed = TokenMap(grid, num_prefix)
         self.block_names = [f"block{i + 1}" for i in range(len(vit.encoder.layers))]
         for name in self.block_names:
             self.add_module(name, TokenMap(grid, num_prefix))
+        self.heads = vit.heads  # registered last: named_modules() lists the layers in forward order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
@@ -60,14 +61,16 @@ class TokenSwin(nn.Module):
 
     def __init__(self, swin: SwinTransformer) -> None:
         super().__init__()
-        self.features, self.norm, self.permute = swin.features, swin.norm, swin.permute
-        self.avgpool, self.flatten, self.head = swin.avgpool, swin.flatten, swin.head
+        self.features = swin.features
         self.embed = ChannelsFirst()
         self.stage_names: list[list[str]] = []
         for s, stage in enumerate(self.features[1::2]):
             self.stage_names.append([f"stage{s + 1}_{b + 1}" for b in range(len(stage))])
             for name in self.stage_names[-1]:
                 self.add_module(name, ChannelsFirst())
+        # registered last: named_modules() lists the layers in forward order
+        self.norm, self.permute, self.avgpool, self.flatten, self.head = (
+            swin.norm, swin.permute, swin.avgpool, swin.flatten, swin.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(self.embed(self.features[0](x)))
