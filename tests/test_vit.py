@@ -232,3 +232,17 @@ def test_lrp_and_pattern_attribution_refuse_transformers(method: str) -> None:
 def test_attention_rollout_refuses_a_cnn() -> None:
     with pytest.raises(ConfigError, match="attention-rollout needs a ViT"):
         METHODS.get("attention-rollout")(get_model("shapesnet"))
+
+
+def test_ru_decoders_upsample_from_the_patch_grid() -> None:
+    from infoflow.discarding.decoder import DecoderNet
+
+    model = shapesvit()
+    x = torch.randn(2, 3, 64, 64)
+    feature = SplitModel(model.module, "block2").head(x).detach()
+    decoder = DecoderNet(feature.shape[1:], (3, 64, 64))
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.up) == 3  # 8 -> 64: three doublings
+    assert decoder(feature).shape == (2, 3, 64, 64)
+    swin, _ = tiny_swin()  # a 4x4 stage-2 grid under 32x32 images
+    grid = SplitModel(swin.module, swin.layer_path("stage2")).head(torch.randn(2, 3, 32, 32)).detach()
+    assert DecoderNet(grid.shape[1:], (3, 32, 32))(grid).shape == (2, 3, 32, 32)
