@@ -1,7 +1,9 @@
 """Per-Sample Bottleneck: infoflow's fast path against the reference library's loop, speed and fidelity.
 
 Default: ResNet-50 at conv3_4 (torchvision `layer2`); ``--model vgg16 --layer conv4_1`` checks a network
-with an in-place ReLU right after the layer. 224x224 inputs, random weights, statistics from random images.
+with an in-place ReLU right after the layer; ``--model vit_b_16 --layer block6`` a ViT's token map (its
+class token crosses the cut, so infoflow's tail reruns the network too, with the hook split; torchvision's
+zero-initialised ViT classifier is given random weights, else every gradient would vanish). 224x224 inputs, random weights, statistics from random images.
 The naive reference is done the way the reference library does it: one image per call, the full network
 from the input at every step (a forward hook replaces the layer's output), weights not frozen, and the
 network's ReLUs in place as torchvision builds them. Both use the same noise, so their heatmaps must agree
@@ -24,6 +26,7 @@ from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.reference import naive_per_sample
 from infoflow.models import get_model
+from infoflow.models.vit import TokenViT
 
 
 def main() -> None:
@@ -38,6 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = get_model(args.model)
+    if isinstance(model.module, TokenViT):
+        nn.init.normal_(model.module.heads.head.weight, std=0.02)
     size = model.input_size
     images = torch.randn(max(args.images, args.naive_images), *size)
     targets = torch.arange(images.shape[0]) % model.num_classes
@@ -60,7 +65,8 @@ def main() -> None:
     start = time.perf_counter()
     fast = iba.attribute(images[: args.images], targets[: args.images])
     fast_rate = args.images / (time.perf_counter() - start)
-    print(f"infoflow (frozen, tail only, batched): {fast_rate:.3f} heatmaps/s")
+    how = "hook split: full network" if iba.split.needs_input else "tail only"
+    print(f"infoflow (frozen, {how}, batched): {fast_rate:.3f} heatmaps/s")
 
     start = time.perf_counter()
     naive = torch.stack([

@@ -29,6 +29,7 @@ from captum.attr import (
 from torch import nn
 
 from infoflow.interface import METHODS, Attribution
+from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
 
@@ -183,11 +184,14 @@ class SmoothGrad(FrozenAttribution):
 
 def default_gradcam_layer(model: ZooModel) -> str:
     """The output of the last convolutional stage: VGG/AlexNet ``features[-1]`` (the last max-pool, as in
-    the paper's code), the last ResNet block, ShapesNet ``conv4``."""
+    the paper's code), the last ResNet block, ShapesNet ``conv4``, the last ConvNeXt or Swin block; for a ViT
+    the last block but one, since the last block's patch tokens do not reach the logits (only its class
+    token does), so their gradient is zero."""
     features = getattr(model.module, "features", None)
-    if isinstance(features, nn.Sequential):
+    if isinstance(features, nn.Sequential) and isinstance(features[-1], nn.MaxPool2d):
         return f"features.{len(features) - 1}"
-    return model.layer_path(model.conv_layers()[-1])
+    layers = model.conv_layers()
+    return model.layer_path(layers[-2] if isinstance(model.module, TokenViT) else layers[-1])
 
 
 @METHODS.register("occlusion-14", patch=14)

@@ -26,6 +26,7 @@ from zennit.types import Linear as LinearLike
 from infoflow.attribution.baselines import FrozenAttribution
 from infoflow.interface import METHODS
 from infoflow.models.cifar_resnet import BasicBlock
+from infoflow.models.vit import reject_transformer
 from infoflow.models.zoo import ZooModel
 
 Bound = float | Sequence[float] | None
@@ -97,6 +98,7 @@ class LRP(FrozenAttribution):
         **rule_kwargs: float,
     ) -> None:
         super().__init__(model)
+        reject_transformer(model.module, "LRP", model.name)
         rules: dict[str, type[Hook]] = {"alpha-beta": AlphaBeta, "epsilon": Epsilon}
         if rule not in rules:
             raise ValueError(f"unknown LRP rule {rule!r}; valid: {', '.join(rules)}")

@@ -43,3 +43,28 @@ def resnet_layers(model: nn.Module) -> dict[str, str]:
 def shapesnet_layers(model: nn.Module) -> dict[str, str]:
     """ShapesNet: blocks `conv1..conv4` and `fc` are named as their modules."""
     return {name: name for name, _ in model.named_children() if name.startswith(("conv", "fc"))}
+
+
+def vit_layers(model: nn.Module) -> dict[str, str]:
+    """ViT (`TokenViT`): `embed` and `block1..blockN`, each a patch map (N, C, h, w); `fc` the logits."""
+    return {"embed": "embed", **{name: name for name in model.block_names}, "fc": "heads.head"}
+
+
+def swin_layers(model: nn.Module) -> dict[str, str]:
+    """Swin (`TokenSwin`): `embed`, `stageS_B` (block B of stage S, a patch map (N, C, h, w)), `stageS` (the
+    last block of stage S), `fc` the logits."""
+    names = {"embed": "embed"}
+    for s, blocks in enumerate(model.stage_names):
+        names.update({name: name for name in blocks})
+        names[f"stage{s + 1}"] = blocks[-1]
+    return {**names, "fc": "head"}
+
+
+def convnext_layers(model: nn.Module) -> dict[str, str]:
+    """ConvNeXt: `stem`, `stageS_B` (block B of stage S), `stageS` (the last block of stage S), `fc`."""
+    names = {"stem": "features.0"}
+    for s, idx in enumerate(range(1, len(model.features), 2)):
+        blocks = [f"features.{idx}.{b}" for b in range(len(model.features[idx]))]
+        names.update({f"stage{s + 1}_{b + 1}": p for b, p in enumerate(blocks)})
+        names[f"stage{s + 1}"] = blocks[-1]
+    return {**names, "fc": "classifier.2"}

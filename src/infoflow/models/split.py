@@ -35,7 +35,9 @@ class SplitModel(nn.Module):
     """`head(x)` gives the output of `layer`; `tail(feature, x)` continues from it to the logits.
 
     `tail` needs the input `x` (with the same batch size as `feature`) only when the hook fallback
-    is in use; then `needs_input` is True. The in-place modules of `model` are
+    is in use; then `needs_input` is True. A network whose every cut is crossed by another connection
+    (a ViT's class token: `infoflow.models.tokens`) says so with a class attribute ``fx_split = False``
+    and gets the hook split without a torch.fx attempt. The in-place modules of `model` are
     switched off for good (same outputs; see `infoflow.models.inplace`).
     """
 
@@ -47,7 +49,7 @@ class SplitModel(nn.Module):
         self.layer_module = model.get_submodule(layer)
         self._head: nn.Module | None = None
         self._tail: nn.Module | None = None
-        if use_fx:
+        if use_fx and getattr(model, "fx_split", True):
             try:
                 self._head, self._tail = _fx_split(model, layer)
             except Exception as err:  # untraceable model or a cut crossed by other connections

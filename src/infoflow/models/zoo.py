@@ -3,7 +3,7 @@
 Weights are one of
 - ``"none"``: random initialisation;
 - a torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), fetched the torchvision way;
-- ``"default"`` for ``shapesnet``: trained on the built-in ``shapes`` data on first use and cached;
+- ``"default"`` for ``shapesnet`` and ``shapesvit``: trained on the built-in ``shapes`` data on first use and cached;
 - a path to a local checkpoint (a ``state_dict``, or a Lightning checkpoint), loaded with ``weights_only=True``.
 
 Every model is built with its in-place modules switched off (`infoflow.models.inplace`): same outputs, and
@@ -13,7 +13,7 @@ no module can overwrite a feature that a method keeps.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,8 +22,17 @@ from torch import nn
 
 from infoflow.models.cifar_resnet import CifarResNet
 from infoflow.models.inplace import disable_inplace
-from infoflow.models.layers import resnet_layers, shapesnet_layers, vgg_layers
+from infoflow.models.layers import (
+    convnext_layers,
+    resnet_layers,
+    shapesnet_layers,
+    swin_layers,
+    vgg_layers,
+    vit_layers,
+)
+from infoflow.models.pretrained import DEFAULTS, default_state_dict
 from infoflow.models.shapesnet import ShapesNet
+from infoflow.models.vit import TokenSwin, TokenViT, shapesvit
 from infoflow.registry import Registry
 from infoflow.utils.checkpoint import CheckpointError, load_state_dict_file
 from infoflow.utils.validation import check_class_indices, check_images
@@ -62,6 +71,12 @@ for _depth in (20, 32, 44):
         ModelEntry(lambda n, d=_depth: CifarResNet(d, n), resnet_layers, (3, 32, 32), 10)
     )
 MODELS.register("shapesnet")(ModelEntry(lambda n: ShapesNet(n), shapesnet_layers, (3, 64, 64), 4))
+for _name, _wrap, _layers in (("vit_b_16", TokenViT, vit_layers), ("vit_b_32", TokenViT, vit_layers),
+                              ("swin_t", TokenSwin, swin_layers)):
+    _entry = _torchvision(_name, _layers)  # transformers: their layers as patch maps (infoflow.models.tokens)
+    MODELS.register(_name)(replace(_entry, build=lambda n, b=_entry.build, w=_wrap: w(b(n))))
+MODELS.register("convnext_tiny")(_torchvision("convnext_tiny", convnext_layers))
+MODELS.register("shapesvit")(ModelEntry(lambda n: shapesvit(n), vit_layers, (3, 64, 64), 4))
 
 
 @dataclass
@@ -96,8 +111,13 @@ class ZooModel:
         return self.module.get_submodule(self.layer_path(layer))
 
     def conv_layers(self) -> list[str]:
-        """The paper names of all convolutional layers/blocks, in forward order."""
-        return [n for n in self.layers if n.startswith("conv")]
+        """The names of all layers with spatial maps (conv layers/blocks; transformer embeddings, blocks and
+        stages), in forward order, one name per module."""
+        spatial = [n for n in self.layers if n.startswith(("conv", "embed", "block", "stem", "stage"))]
+        first: dict[str, str] = {}
+        for name in spatial:
+            first.setdefault(self.layers[name], name)
+        return list(first.values())
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
         """Raise an `InputError` unless `inputs` is a finite batch (N, C, H, W) of the expected image size and of
@@ -127,10 +147,8 @@ def get_model(
     module = entry.build(num_classes)
     if weights.lower() == "none":
         pass
-    elif weights == "default" and name == "shapesnet":
-        from infoflow.models.pretrained import shapesnet_default_state_dict
-
-        module.load_state_dict(shapesnet_default_state_dict(num_classes))
+    elif weights == "default" and name in DEFAULTS:
+        module.load_state_dict(default_state_dict(name, num_classes))
     elif Path(weights).expanduser().exists() or "/" in weights or weights.endswith((".pt", ".pth", ".ckpt")):
         load_into(module, load_state_dict_file(Path(weights).expanduser()), source=weights)
     elif entry.torchvision_name is not None:
@@ -138,7 +156,7 @@ def get_model(
     else:
         raise ValueError(
             f"unknown weights {weights!r} for model {name!r}: use 'none', a checkpoint path"
-            + (", or 'default'" if name == "shapesnet" else "")
+            + (", or 'default'" if name in DEFAULTS else "")
         )
     module.eval()
     disable_inplace(module)
