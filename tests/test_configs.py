@@ -44,7 +44,7 @@ def compose_resolved(primary: str, overrides: list[str], tmp_path: Path) -> Dict
 
 def zoo_layers(name: str) -> dict[str, str]:
     """Paper layer names of zoo model `name`, from its architecture built without allocating weights."""
-    entry = MODELS.get(name)
+    entry = MODELS.get(name)()
     with torch.device("meta"):
         return entry.layers(entry.build(entry.num_classes))
 
