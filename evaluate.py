@@ -9,12 +9,13 @@ from omegaconf import DictConfig
 
 from infoflow.analyses import run_analysis
 from infoflow.utils.entry import reports_user_errors, run_entry
+from infoflow.utils.plugins import name_plugins_from_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
-    run_analysis(cfg)
+    run_analysis(name_plugins_from_hydra(cfg))
     print(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
 
 

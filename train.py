@@ -10,12 +10,13 @@ from omegaconf import DictConfig
 import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.tasks import run_task
 from infoflow.utils.entry import reports_user_errors, run_entry
+from infoflow.utils.plugins import name_plugins_from_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @reports_user_errors
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_task(cfg)
+    metrics = run_task(name_plugins_from_hydra(cfg))
     print(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     objective = cfg.get("optimized_metric")
     return float(metrics[objective]) if objective and objective in metrics else None

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
 
 from infoflow.models.pretrained import default_weights_path
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.utils.cache import cache_dir
+from infoflow.utils.plugins import name_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -45,6 +48,19 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _isolated_cache(_session_cache: Path) -> Path:
     """The session's cache dir (see `_session_cache`)."""
     return _session_cache
+
+
+def compose_config(primary: str, overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> DictConfig:
+    """``conf/<primary>.yaml`` composed with `overrides` as the entry points see it: every plug-in named by
+    its config group choice (`infoflow.utils.plugins.name_plugins`). The ``hydra`` node is kept only when
+    `hydra` is true (as Hydra itself removes it from the job config)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(primary, overrides=list(overrides), return_hydra_config=True)
+    name_plugins(cfg, cfg.hydra.runtime.choices)
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def run_script(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from infoflow.discarding import LayerDecoder, MissingDecoderError, decoder_path, load_decoders
@@ -31,7 +31,6 @@ from infoflow.utils.cache import (
     weights_id,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = {"_target_": "infoflow.data.shapes.ShapesDataModule", "image_size": 64, "num_classes": 4, "num_train": 4000,
         "seed": 0, "batch_size": 64, "num_workers": 0}
 BASE = {"model": "shapesnet", "weights": "none", "layer": "conv3", "data": DATA, "recipe": {"samples": 5000}}
@@ -74,9 +73,8 @@ def test_file_weights_are_identified_by_content_stamp(tmp_path: Path) -> None:
 
 
 def compose_evaluate(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=[f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}",
-                                              "weights=none", *overrides])
+    return compose_config("evaluate", [f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}",
+                                       "weights=none", *overrides])
 
 
 def test_the_estimator_sample_count_is_part_of_the_cache_file(tmp_path: Path) -> None:
@@ -246,11 +244,10 @@ def test_paths_cache_dir_moves_the_default_weights_and_every_cache(
     assert all(torch.equal(model.module.state_dict()[k], v) for k, v in mine.items())
     assert cache_dir() == tmp_path / "empty"  # restored after the block
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[
-            f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={moved}", "logger=csv", "method=iba",
-            "method.estimator_samples=8", "method.steps=1", "method.copies=2", "num_images=2", "data.num_train=16",
-            "data.num_val=8", "data.num_test=8", "data.batch_size=8"])
+    cfg = compose_config("evaluate", [
+        f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={moved}", "logger=csv", "method=iba",
+        "method.estimator_samples=8", "method.steps=1", "method.copies=2", "num_images=2", "data.num_train=16",
+        "data.num_val=8", "data.num_test=8", "data.batch_size=8"])
     run_analysis(cfg)
     assert [p.parent for p in moved.glob("estimators/*.pt")] == [moved / "estimators"]
     assert not (tmp_path / "empty").exists()

@@ -10,8 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_script
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, run_script
 from torch import nn
 
 from infoflow.analyses.layerwise import compared_models
@@ -31,10 +30,9 @@ TINY = [f"data.image_size={SIZE}", "data.num_train=32", "data.num_val=16", "data
 
 
 def compose_train(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        quiet = [] if "callbacks=none" in overrides else ["callbacks.progress_bar=null"]
-        return compose("train", overrides=[*TINY, *quiet, *overrides, f"paths.output_dir={tmp_path}",
-                                           f"paths.cache_dir={tmp_path / 'cache'}"])
+    quiet = [] if "callbacks=none" in overrides else ["callbacks.progress_bar=null"]
+    return compose_config("train", [*TINY, *quiet, *overrides, f"paths.output_dir={tmp_path}",
+                                    f"paths.cache_dir={tmp_path / 'cache'}"])
 
 
 def conv_linear_weights(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
@@ -126,10 +124,9 @@ def test_prune_task_saves_a_loadable_exactly_sparse_model_and_keeps_masks_while_
     # weights=<model.pt> loads it everywhere (zoo, train/evaluate configs, analysis.compare), sparsity intact
     zoo = get_model("shapesnet", weights=str(path), num_classes=4, input_size=(3, SIZE, SIZE))
     assert zero_fraction(conv_linear_weights(zoo.module.state_dict(), zoo.module)) == (zeros, total)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", [*TINY[:5], f"analysis.compare=[{{name: original, model: shapesnet, weights: "
-                                              f"{random_shapesnet}}}, {{name: pruned, model: shapesnet, weights: {path}}}]",
-                                   "analysis=layerwise"])
+    cfg = compose_config("evaluate", [*TINY[:5], f"analysis.compare=[{{name: original, model: shapesnet, weights: "
+                                      f"{random_shapesnet}}}, {{name: pruned, model: shapesnet, weights: {path}}}]",
+                          "analysis=layerwise"])
     dm = ShapesDataModule(image_size=SIZE, num_train=32, num_val=16, num_test=16)
     models = dict(compared_models(cfg, dm))
     assert list(models) == ["original", "pruned"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
@@ -34,8 +34,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def compose_resolved(primary: str, overrides: list[str], tmp_path: Path) -> DictConfig:
     """The composed config with every interpolation of the job config (and the hydra launcher/sweeper) resolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(primary, overrides=[*overrides, f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose_config(primary, [*overrides, f"paths.output_dir={tmp_path}"], hydra=True)
     HydraConfig.instance().set_config(cfg)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     OmegaConf.to_container(job, resolve=True, throw_on_missing=False)
@@ -46,7 +45,7 @@ def compose_resolved(primary: str, overrides: list[str], tmp_path: Path) -> Dict
 
 def zoo_layers(name: str) -> dict[str, str]:
     """Paper layer names of zoo model `name`, from its architecture built without allocating weights."""
-    entry = MODELS.get(name)
+    entry = MODELS.get(name)()
     with torch.device("meta"):
         return entry.layers(entry.build(entry.num_classes))
 

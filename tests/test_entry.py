@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
+from conftest import ROOT, compose_config
 from hydra.errors import InstantiationException
 
 from infoflow.analyses import run_analysis
@@ -118,9 +117,8 @@ def test_bad_checkpoint_files_are_data_errors_naming_the_file(tmp_path: Path) ->
 
 
 def compose_cfg(name: str, tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(name, overrides=[*TINY, "logger=csv", f"paths.output_dir={tmp_path}",
-                                        f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+    return compose_config(name, [*TINY, "logger=csv", f"paths.output_dir={tmp_path}",
+                                 f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -141,8 +139,7 @@ def test_table1_honours_num_images(tmp_path: Path) -> None:
     cfg = compose_cfg("evaluate", tmp_path, "experiment=table1", "num_images=5", "target=pred")
     assert (cfg.analysis.num_images, cfg.analysis.target) == (5, "pred")
     assert compose_cfg("evaluate", tmp_path, "experiment=table1").analysis.num_images == 32
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        imagenet = compose("evaluate", overrides=["experiment=table1_imagenet", "num_images=7"])
+    imagenet = compose_config("evaluate", ["experiment=table1_imagenet", "num_images=7"])
     assert imagenet.analysis.num_images == 7
 
 

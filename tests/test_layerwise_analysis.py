@@ -7,9 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import compose_config, run_script
 from fake_layouts import make_cifar10, make_cub
-from hydra import compose, initialize_config_dir
 
 from infoflow.analyses import run_analysis
 from infoflow.analyses.layerwise import layer_rows
@@ -40,8 +39,7 @@ def _fake_sid(layers: list[str], size: int) -> SIDResult:
 
 def _evaluate(tmp_path: Path, *overrides: str) -> dict:
     """Run an analysis in-process with the composed evaluate config, output under `tmp_path`."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", [f"paths.output_dir={tmp_path}", "logger=csv", *overrides])
+    cfg = compose_config("evaluate", [f"paths.output_dir={tmp_path}", "logger=csv", *overrides])
     return run_analysis(cfg)
 
 

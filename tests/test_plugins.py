@@ -3,12 +3,15 @@ decides whether the training split is needed, and every method answers `attribut
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from conftest import compose_config, run_script
 from fake_layouts import make_imagenet
 from omegaconf import OmegaConf
 
@@ -16,6 +19,7 @@ from infoflow.attribution import METHODS
 from infoflow.builders import build_method
 from infoflow.data.imagefolder import ImageNetDataModule
 from infoflow.models.zoo import get_model
+from infoflow.utils.plugins import PLUGIN_GROUPS, name_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: every method of the project, by registry name
@@ -70,3 +74,34 @@ def test_ground_truth_reads_the_batch_and_attribute_batch_defaults_to_attribute(
     assert torch.equal(truth.attribute_batch(batch, batch["label"]), mask.float()) and not truth.images_only
     gradient = METHODS.get("gradient")(model)
     torch.testing.assert_close(gradient.attribute_batch(batch, batch["label"]), gradient.attribute(x, batch["label"]))
+
+
+@pytest.mark.slow
+def test_evaluate_cli_runs_imagenet_with_only_val(tmp_path: Path) -> None:
+    """``python evaluate.py data=imagenet method=gradient`` end to end with only ``val/`` on disk."""
+    root = make_imagenet(tmp_path / "in", wnids=("n01", "n02"), n_train=0, n_val=2, with_xml=False)
+    shutil.rmtree(root / "train")
+    run_script("evaluate.py", "data=imagenet", "method=gradient", f"data.root={root}", "data.image_size=32",
+               "data.resize=36", "data.num_workers=0", "weights=none", "num_images=2", "logger=csv",
+               f"paths.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
+    rows = pd.read_csv(tmp_path / "out" / "heatmaps.csv")
+    assert len(rows) == 2 and set(rows.method) == {"gradient"} and set(rows.target_name) <= {"n01", "n02"}
+
+
+def test_plugins_are_named_by_their_config_group_choice() -> None:
+    """No plug-in YAML repeats its file name: the choice names it, also for Table 1's rows; a ``name`` that a
+    config sets itself (a registered plug-in under another file name) is kept."""
+    for group in PLUGIN_GROUPS:
+        for path in (ROOT / "conf" / group).glob("*.yaml"):
+            assert "name" not in (OmegaConf.load(path) or {}) and "name" not in (OmegaConf.load(path).get("task") or {})
+    cfg = compose_config("evaluate", ["experiment=table1", "method=gradcam", "model=vgg16"])
+    assert (cfg.method.name, cfg.model.name, cfg.analysis.name) == ("gradcam", "vgg16", "table1")
+    assert {label: row.name for label, row in cfg.analysis.rows.items()} == {
+        "random": "random", "occlusion-8x8": "occlusion-8", "occlusion-14x14": "occlusion-14", "gradient": "gradient",
+        "saliency": "saliency", "smoothgrad": "smoothgrad", "integrated-gradients": "integrated-gradients",
+        "guided-backprop": "guided-backprop", "lrp-a1b0": "lrp-a1b0", "lrp-eps5": "lrp-eps5", "gradcam": "gradcam",
+        "guided-gradcam": "guided-gradcam", "pattern-attribution": "pattern-attribution", "iba-beta1": "iba",
+        "iba-beta10": "iba", "iba-beta100": "iba", "readout": "readout", "ground-truth": "ground-truth"}
+    assert compose_config("train", ["task=prune"]).task.name == "prune"
+    own = name_plugins(OmegaConf.create({"method": {"name": "iba", "beta": 1}}), {"method": "iba-fast"})
+    assert own.method.name == "iba"

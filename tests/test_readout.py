@@ -13,8 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_script
-from hydra import compose, initialize_config_dir
+from conftest import ROOT, compose_config, run_script
 from PIL import Image
 
 from infoflow.analyses import run_analysis
@@ -245,9 +244,8 @@ def test_bad_beta_and_layers_are_clear_errors(readout: ReadoutBottleneck, zoo: Z
 
 
 def compose_train(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*overrides, "weights=none", "logger=csv",
-                                           f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    return compose_config("train", [*overrides, "weights=none", "logger=csv",
+                                    f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"])
 
 
 def test_the_task_rejects_bad_beta_layers_and_data_paths(tmp_path: Path) -> None:
@@ -345,10 +343,9 @@ def test_resume_continues_from_the_saved_step(sweep: Path, weights_file: Path, t
 
 
 def test_evaluate_uses_the_trained_readout(sweep: Path, weights_file: Path, tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[
-            "method=readout", f"readout_ckpt={sweep / '1' / 'readout.pt'}", f"weights={weights_file}", *TINY_DATA,
-            "num_images=4", "logger=csv", f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("evaluate", [
+        "method=readout", f"readout_ckpt={sweep / '1' / 'readout.pt'}", f"weights={weights_file}", *TINY_DATA,
+        "num_images=4", "logger=csv", f"paths.output_dir={tmp_path}"])
     summary = run_analysis(cfg)
     rows = pd.read_csv(tmp_path / "heatmaps.csv")
     assert summary["num_images"] == len(rows) == 4 and set(rows["method"]) == {"readout"}

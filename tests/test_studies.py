@@ -19,6 +19,7 @@ from infoflow.studies.report import build_report, model_table
 from infoflow.studies.stages import read_done, run_stages, stage_config
 from infoflow.studies.verdicts import VERDICTS, spearman
 from infoflow.tasks import TASKS
+from infoflow.utils.plugins import name_plugins
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = ["epochs", "compression", "distillation", "damage", "autoencoder"]
@@ -117,7 +118,9 @@ def test_verdicts_of_the_other_studies_follow_the_numbers() -> None:
 def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         paper = [] if experiment.endswith("_shapes") else ["data.root=/data/cifar10"]
-        study = compose("train", overrides=[f"experiment={experiment}", f"paths.output_dir={tmp_path}", *paper])
+        study = compose("train", overrides=[f"experiment={experiment}", f"paths.output_dir={tmp_path}", *paper],
+                        return_hydra_config=True)
+        name_plugins(study, study.hydra.runtime.choices)
         assert study.task.name == "study" and "study" in TASKS and study.task.study in VERDICTS
         TASKS.get("study")(study).check()
         names = {m.name for m in study.task.models}
@@ -127,7 +130,7 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
             if study.task.stages[name].kind == "evaluate":
                 assert {e.name for e in cfg.analysis.compare} == names
                 for e in cfg.analysis.compare:  # the analysed layers exist in every compared network
-                    entry = MODELS.get(e.model)
+                    entry = MODELS.get(e.model)()
                     with torch.device("meta"):
                         layers = entry.layers(entry.build(entry.num_classes))
                     assert set(cfg.analysis.layers or []) <= set(layers), (e.model, list(layers))
@@ -143,7 +146,8 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
 def test_a_stage_with_a_mistyped_option_is_one_clear_error(tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         study = compose("train", overrides=["experiment=damage_shapes", f"paths.output_dir={tmp_path}",
-                                            "task.stages.revised.overrides.model=nosuchnet"])
+                                            "task.stages.revised.overrides.model=nosuchnet"], return_hydra_config=True)
+        name_plugins(study, study.hydra.runtime.choices)
         with pytest.raises(ConfigError, match="stage revised of the study does not compose"):
             stage_config(study, "revised")
 

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import run_script
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, run_script
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses.attribution_metrics import AttributionEvaluation, MetricSettings
@@ -38,8 +37,7 @@ def trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=["experiment=table1", *overrides])
+    cfg = compose_config("evaluate", ["experiment=table1", *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = "/tmp/unused"
     return cfg

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
 from infoflow.tasks import TASKS, run_task
 from infoflow.tasks.skeleton import TrainingTask
@@ -37,9 +36,8 @@ def task_overrides(task: str, weights: Path, tmp_path: Path, epochs: int) -> lis
 
 
 def run(tmp_path: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides, f"paths.output_dir={tmp_path}",
-                                          f"paths.cache_dir={tmp_path / 'cache'}"])
+    cfg = compose_config("train", [*TINY, *overrides, f"paths.output_dir={tmp_path}",
+                                   f"paths.cache_dir={tmp_path / 'cache'}"])
     return run_task(cfg)
 
 

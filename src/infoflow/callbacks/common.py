@@ -79,7 +79,7 @@ def trained_network(module: pl.LightningModule, model_name: str, dm: ImageDataMo
     if not isinstance(net, nn.Module):
         raise ConfigError(f"the evaluation callbacks measure a classifier, but {type(module).__name__} holds none "
                           "(use them with task=classifier|distill|prune|readout)")
-    entry = MODELS.get(model_name)
+    entry = MODELS.get(model_name)()
     num_classes = int(getattr(module.hparams, "num_classes", 0) or dm.num_classes)
     return ZooModel(model_name, net, num_classes, tuple(dm.input_size), "training", entry.layers(net))
 

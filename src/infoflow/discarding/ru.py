@@ -22,12 +22,13 @@ from torch import nn
 
 from infoflow.discarding.decoder import MissingDecoderError, load_decoders
 from infoflow.discarding.features import LayerFeatures, noise_generator, resolve_layers
-from infoflow.discarding.sid import ENTROPY_CONST, SIDResult
+from infoflow.discarding.maps import ENTROPY_CONST, LayerMaps
+from infoflow.discarding.sid import SIDResult
 from infoflow.models.zoo import ZooModel
 
 
 @dataclass
-class RUResult:
+class RUResult(LayerMaps):
     """RU of N images at L layers (CPU tensors).
 
     Attributes:
@@ -45,19 +46,6 @@ class RUResult:
         """(N, L, H, W) pixel-wise RU, nats."""
         return 0.5 * self.mse.log() + ENTROPY_CONST
 
-    @property
-    def per_pixel(self) -> torch.Tensor:
-        """(N, L) mean RU over pixels, nats per pixel."""
-        return self.maps.mean((-2, -1))
-
-    @property
-    def total(self) -> torch.Tensor:
-        """(N, L) C * sum of the map, nats."""
-        return self.channels * self.maps.sum((-2, -1))
-
-    def layer(self, name: str) -> torch.Tensor:
-        """(N, H, W) RU map of one layer."""
-        return self.maps[:, self.layers.index(name)]
 
 
 def compute_ru(

@@ -48,11 +48,11 @@ import torch
 
 from infoflow.discarding.delta_f import DeltaF2, delta_f2_for_model
 from infoflow.discarding.features import LayerFeatures, noise_generator, resolve_layers
+from infoflow.discarding.maps import ENTROPY_CONST, LayerMaps
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.validation import check_images
 
 #: entropy of a unit Gaussian, 0.5 * log(2 pi e), nats
-ENTROPY_CONST = 0.5 * math.log(2 * math.pi * math.e)
 ALPHA = 1.5e-4
 
 
@@ -99,7 +99,7 @@ class SIDConfig:
 
 
 @dataclass
-class SIDResult:
+class SIDResult(LayerMaps):
     """SID of N images at L layers. Tensors are on the CPU.
 
     Attributes:
@@ -135,23 +135,9 @@ class SIDResult:
         return self.log_sigma + ENTROPY_CONST
 
     @property
-    def per_pixel(self) -> torch.Tensor:
-        """(N, L) mean of the map over pixels, nats per pixel (= nats per input unit)."""
-        return self.maps.mean((-2, -1))
-
-    @property
-    def total(self) -> torch.Tensor:
-        """(N, L) entropy of x' over all C x H x W input units, nats."""
-        return self.channels * self.maps.sum((-2, -1))
-
-    @property
     def converged(self) -> torch.Tensor:
         """(N, L) bool: the constraint holds within `tol` on fresh draws."""
         return (self.ratio_fresh - 1).abs() <= self.tol
-
-    def layer(self, name: str) -> torch.Tensor:
-        """(N, H, W) SID map of one layer."""
-        return self.maps[:, self.layers.index(name)]
 
 
 class _Problem:

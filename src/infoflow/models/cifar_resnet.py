@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infoflow.models.entry import MODELS, ModelEntry
+from infoflow.models.layers import resnet_layers
+
 
 class _Shortcut(nn.Module):
     """Option A: subsample by `stride` and zero-pad the new channels (parameter-free)."""
@@ -70,3 +73,11 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@MODELS.register("resnet20", depth=20)
+@MODELS.register("resnet32", depth=32)
+@MODELS.register("resnet44", depth=44)
+def cifar_resnet(depth: int) -> ModelEntry:
+    """The CIFAR ResNet of `depth` (32x32 images, 10 classes), layers named ``conv2_1``, ..., ``fc``."""
+    return ModelEntry(lambda n: CifarResNet(depth, n), resnet_layers, (3, 32, 32), 10)

@@ -63,7 +63,7 @@ def _load_checked(path: Path, model: str, num_classes: int) -> dict[str, torch.T
     from infoflow.models.zoo import MODELS
 
     state = load_state_dict_file(path)
-    MODELS.get(model).build(num_classes).load_state_dict(state)  # raises on wrong keys or shapes
+    MODELS.get(model)().build(num_classes).load_state_dict(state)  # raises on wrong keys or shapes
     return state
 
 

@@ -8,6 +8,8 @@ compare the two layer by layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from infoflow.models.layers import shapesnet_layers, vgg_layers
@@ -45,7 +47,7 @@ def revise_conv(model: nn.Module, path: str) -> nn.Module:
 
 
 def _revised(base: str, layer: str, layers) -> ModelEntry:
-    entry = MODELS.get(base)
+    entry = MODELS.get(base)()
 
     def build(n: int) -> nn.Module:
         model = entry.build(n)
@@ -55,6 +57,11 @@ def _revised(base: str, layer: str, layers) -> ModelEntry:
 
 
 REVISED = {"shapesnet": "conv3", "vgg16": "conv4_3", "vgg19": "conv4_4"}
-MODELS.register("shapesnet_revised")(_revised("shapesnet", REVISED["shapesnet"], shapesnet_layers))
-for _name in ("vgg16", "vgg19"):
-    MODELS.register(f"{_name}_revised")(_revised(_name, REVISED[_name], vgg_layers))
+
+
+@MODELS.register("shapesnet_revised", base="shapesnet", layers=shapesnet_layers)
+@MODELS.register("vgg16_revised", base="vgg16", layers=vgg_layers)
+@MODELS.register("vgg19_revised", base="vgg19", layers=vgg_layers)
+def revised_entry(base: str, layers: Callable[[nn.Module], dict[str, str]]) -> ModelEntry:
+    """`base` with its layer `REVISED[base]` revised to 4 filters of 7x7 (padding 3)."""
+    return _revised(base, REVISED[base], layers)

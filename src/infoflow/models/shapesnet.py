@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from infoflow.models.entry import MODELS, ModelEntry
+from infoflow.models.layers import shapesnet_layers
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
@@ -34,3 +37,9 @@ class ShapesNet(nn.Module):
         x = self.pool3(self.conv3(x))
         x = self.conv4(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@MODELS.register("shapesnet")
+def shapesnet() -> ModelEntry:
+    """The built-in default classifier (64x64 `shapes` images, 4 classes), layers named ``conv1``, ..., ``fc``."""
+    return ModelEntry(ShapesNet, shapesnet_layers, (3, 64, 64), 4)

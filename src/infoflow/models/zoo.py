@@ -20,36 +20,13 @@ import torch
 import torchvision
 from torch import nn
 
-from infoflow.models.cifar_resnet import CifarResNet
+from infoflow.models.entry import MODELS, ModelEntry
 from infoflow.models.inplace import disable_inplace
-from infoflow.models.layers import (
-    convnext_layers,
-    resnet_layers,
-    shapesnet_layers,
-    swin_layers,
-    vgg_layers,
-    vit_layers,
-)
+from infoflow.models.layers import convnext_layers, resnet_layers, swin_layers, vgg_layers, vit_layers
 from infoflow.models.pretrained import DEFAULTS, default_state_dict
-from infoflow.models.shapesnet import ShapesNet
 from infoflow.models.vit import TokenSwin, TokenViT, shapesvit
-from infoflow.registry import Registry
 from infoflow.utils.checkpoint import CheckpointError, load_state_dict_file
 from infoflow.utils.validation import check_class_indices, check_images
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """How to build one zoo model."""
-
-    build: Callable[[int], nn.Module]
-    layers: Callable[[nn.Module], dict[str, str]]
-    input_size: tuple[int, int, int]
-    num_classes: int
-    torchvision_name: str | None = None
-
-
-MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def _torchvision(name: str, layers: Callable[[nn.Module], dict[str, str]]) -> ModelEntry:
@@ -62,21 +39,48 @@ def _torchvision(name: str, layers: Callable[[nn.Module], dict[str, str]]) -> Mo
     )
 
 
-for _name in ("vgg16", "vgg19", "alexnet"):
-    MODELS.register(_name)(_torchvision(_name, vgg_layers))
-for _name in ("resnet18", "resnet34", "resnet50"):
-    MODELS.register(_name)(_torchvision(_name, resnet_layers))
-for _depth in (20, 32, 44):
-    MODELS.register(f"resnet{_depth}")(
-        ModelEntry(lambda n, d=_depth: CifarResNet(d, n), resnet_layers, (3, 32, 32), 10)
-    )
-MODELS.register("shapesnet")(ModelEntry(lambda n: ShapesNet(n), shapesnet_layers, (3, 64, 64), 4))
-for _name, _wrap, _layers in (("vit_b_16", TokenViT, vit_layers), ("vit_b_32", TokenViT, vit_layers),
-                              ("swin_t", TokenSwin, swin_layers)):
-    _entry = _torchvision(_name, _layers)  # transformers: their layers as patch maps (infoflow.models.tokens)
-    MODELS.register(_name)(replace(_entry, build=lambda n, b=_entry.build, w=_wrap: w(b(n))))
-MODELS.register("convnext_tiny")(_torchvision("convnext_tiny", convnext_layers))
-MODELS.register("shapesvit")(ModelEntry(lambda n: shapesvit(n), vit_layers, (3, 64, 64), 4))
+@MODELS.register("vgg16", arch="vgg16")
+@MODELS.register("vgg19", arch="vgg19")
+@MODELS.register("alexnet", arch="alexnet")
+def torchvision_vgg(arch: str) -> ModelEntry:
+    """torchvision's VGG / AlexNet `arch` (ImageNet, 224x224), layers named ``conv4_1``, ``fc7``, ..."""
+    return _torchvision(arch, vgg_layers)
+
+
+@MODELS.register("resnet18", arch="resnet18")
+@MODELS.register("resnet34", arch="resnet34")
+@MODELS.register("resnet50", arch="resnet50")
+def torchvision_resnet(arch: str) -> ModelEntry:
+    """torchvision's ResNet `arch` (ImageNet, 224x224), layers named ``conv3_4``, ``fc``, ..."""
+    return _torchvision(arch, resnet_layers)
+
+
+@MODELS.register("vit_b_16", arch="vit_b_16")
+@MODELS.register("vit_b_32", arch="vit_b_32")
+def torchvision_vit(arch: str) -> ModelEntry:
+    """torchvision's ViT `arch` (224x224), its token layers as patch maps (`infoflow.models.tokens`):
+    ``embed``, ``block1`` ... ``block12``, ``fc``."""
+    entry = _torchvision(arch, vit_layers)
+    return replace(entry, build=lambda n: TokenViT(entry.build(n)))
+
+
+@MODELS.register("swin_t", arch="swin_t")
+def torchvision_swin(arch: str) -> ModelEntry:
+    """torchvision's Swin `arch` (224x224), stages as patch maps: ``embed``, ``stageS_B``, ``stageS``, ``fc``."""
+    entry = _torchvision(arch, swin_layers)
+    return replace(entry, build=lambda n: TokenSwin(entry.build(n)))
+
+
+@MODELS.register("convnext_tiny", arch="convnext_tiny")
+def torchvision_convnext(arch: str) -> ModelEntry:
+    """torchvision's ConvNeXt `arch` (224x224): ``stem``, ``stageS_B``, ``stageS``, ``fc``."""
+    return _torchvision(arch, convnext_layers)
+
+
+@MODELS.register("shapesvit")
+def shapesvit_entry() -> ModelEntry:
+    """The small ViT for the built-in data (64x64, patch 8): ``embed``, ``block1`` ... ``block6``, ``fc``."""
+    return ModelEntry(shapesvit, vit_layers, (3, 64, 64), 4)
 
 
 @dataclass
@@ -141,7 +145,7 @@ def get_model(
     input_size: tuple[int, int, int] | list[int] | None = None,
 ) -> ZooModel:
     """Build zoo model `name` with `weights` (see module docstring), in eval mode, no module in place."""
-    entry = MODELS.get(name)
+    entry = MODELS.get(name)()
     num_classes = int(num_classes or entry.num_classes)
     weights = "none" if weights is None else str(weights)
     module = entry.build(num_classes)

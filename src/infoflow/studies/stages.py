@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from infoflow.errors import ConfigError
 from infoflow.utils.cache import digest as config_hash
 from infoflow.utils.checkpoint import atomic_write
+from infoflow.utils.plugins import name_plugins
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,12 @@ def stage_config(study: DictConfig, name: str) -> DictConfig:
     out = stage_dir(study, name)
     try:
         cfg = compose(primary, overrides=[*plain, f"paths.output_dir={_override_value(str(out))}",
-                                                     f"seed={study.seed}"])
+                                          f"seed={study.seed}"], return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
         raise ConfigError(f"stage {name} of the study does not compose: {err}") from err
+    name_plugins(cfg, cfg.hydra.runtime.choices)  # as the entry points do: plug-ins named by their choice
+    with open_dict(cfg):
+        del cfg["hydra"]
     for key, value in structured.items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     if spec.kind == "train" and cfg.get("callbacks") and cfg.callbacks.get("model_checkpoint"):

@@ -22,7 +22,7 @@ def train_default(model: str, num_classes: int, **overrides) -> dict[str, torch.
     make_deterministic(recipe["seed"])
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"],
                             num_empty=recipe.get("num_empty", 0))
-    network = MODELS.get(model).build(num_classes)
+    network = MODELS.get(model)().build(num_classes)
     extra = {"weight_decay": recipe["weight_decay"]} if "weight_decay" in recipe else {}
     module = ClassifierModule(network, num_classes, lr=recipe["lr"], **extra)
     # always on the CPU, with a fixed thread count, so that every machine gets the same weights
