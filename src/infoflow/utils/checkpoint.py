@@ -18,12 +18,16 @@ class CheckpointError(DataError, ValueError):
     """A checkpoint file that is missing, empty, corrupt, refused (it holds code) or not what it should be."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint file that does not exist."""
+
+
 def load_file(path: str | Path) -> Any:
     """`torch.load` with ``weights_only=True``; a missing, empty, corrupt or code-holding file is a
     `CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise MissingCheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted download or save?)")
     try:
