@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision.models import VisionTransformer
 
 import infoflow.attribution as attribution
 from infoflow.discarding.features import LayerFeatures, resolve_layers
@@ -22,7 +23,9 @@ from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.interface import METHODS, Attribution, as_target
 from infoflow.metrics.perturb import check_batch
+from infoflow.models.layers import vit_layers
 from infoflow.models.split import SplitModel
+from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.utils.validation import MAX_ABS_PIXEL, check_images
 
@@ -59,6 +62,12 @@ def methods(model: ZooModel, batches: list[dict[str, torch.Tensor]]) -> dict[str
             readout.set_statistics(fit_statistics(readout, DataLoader([{"image": x} for b in batches for x in
                                                                         b["image"]], batch_size=8), 24))
             out[name] = ReadoutIBA(readout)
+            continue
+        if name == "attention-rollout":  # ViT-only: a tiny ViT on the same 32x32 images
+            torch.manual_seed(0)
+            vit = TokenViT(VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                             mlp_dim=32, num_classes=4)).eval()
+            out[name] = METHODS.get(name)(ZooModel("tiny-vit", vit, 4, (3, SIZE, SIZE), "none", vit_layers(vit)))
             continue
         method = METHODS.get(name)(model, **BUILD.get(name, {}))
         if name == "iba":
@@ -180,7 +189,7 @@ def test_float_and_bool_targets_are_refused_not_truncated(name: str, methods: di
         with pytest.raises(InputError, match="targets are integer class indices"):
             methods[name].attribute(images(2), target)
     for target in (4, -1, [0, 9]):
-        with pytest.raises(InputError, match=r"target out of range: model 'shapesnet' has 4 classes \(0\.\.3\)"):
+        with pytest.raises(InputError, match=rf"target out of range: model '{methods[name].model.name}' has 4 classes \(0\.\.3\)"):
             methods[name].attribute(images(2), target)
 
 
