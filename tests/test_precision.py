@@ -1,0 +1,128 @@
+"""bf16 mixed precision: the setting, its fallback, and the accuracy bounds on the TRAINED default shapesnet.
+
+Bounds (fp32 as reference): Per-Sample heatmap Pearson >= 0.99 per image and total bits within 2 %,
+Readout heatmap Pearson >= 0.99, SID per layer within 1 % (looser here: few steps), metrics within 0.01.
+Random weights amplify rounding and prove nothing, so these use the trained default weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from infoflow.data.shapes import ShapesDataModule, render_split
+from infoflow.errors import ConfigError
+from infoflow.iba.estimator import Estimator
+from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.models import get_model
+from infoflow.models.zoo import ZooModel
+from infoflow.utils import precision as P
+
+needs_bf16 = pytest.mark.skipif(not P.is_supported("bf16", "cpu"), reason="this CPU has no native bf16")
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) Pearson correlation of rows of a and b (N, ...)."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+@pytest.fixture(scope="module")
+def trained() -> ZooModel:
+    return get_model("shapesnet", weights="default")
+
+
+@pytest.fixture(scope="module")
+def shapes() -> dict[str, torch.Tensor]:
+    """8 test images of the shapes data: ``x01`` in [0, 1], ``x`` normalised, ``label``, ``mask``, ``box``."""
+    data = render_split("test", 8, 64, 4, seed=0)
+    x01 = data["image"].float() / 255
+    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
+    return {**data, "x01": x01, "x": (x01 - mean) / std}
+
+
+# --- the setting ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "canonical"), [
+    (32, "32"), ("32", "32"), ("32-true", "32"), ("bf16", "bf16"), ("bf16-mixed", "bf16"), ("16-mixed", "16-mixed"),
+])
+def test_parse_precision(value: object, canonical: str) -> None:
+    assert P.parse_precision(value) == canonical
+
+
+@pytest.mark.parametrize("value", ["64", "int8", 16.5, None, True, "bf32"])
+def test_unknown_precision_lists_valid_ones(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"unknown precision .*valid: 32, bf16, 16-mixed"):
+        P.parse_precision(value)
+
+
+def test_unsupported_bf16_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "is_supported", lambda precision, device=None: precision == "32")
+    monkeypatch.setattr(P, "_warned", set())
+    with pytest.warns(P.PrecisionFallbackWarning, match="precision=bf16 is not supported on this cpu"):
+        assert P.resolve_precision("bf16", "cpu") == "32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert P.resolve_precision("bf16-mixed", "cpu") == "32"  # one warning per process, not per call
+    assert P.lightning_precision("bf16", "cpu") == "32-true"
+
+
+def test_fp16_on_cpu_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "_warned", set())
+    with pytest.warns(P.PrecisionFallbackWarning):
+        assert P.resolve_precision("16-mixed", "cpu") == "32"
+
+
+def test_method_falls_back_when_unsupported(trained: ZooModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "is_supported", lambda precision, device=None: precision == "32")
+    monkeypatch.setattr(P, "_warned", set())
+    with pytest.warns(P.PrecisionFallbackWarning):
+        iba = PerSampleIBA(trained, "conv3", precision="bf16")
+    assert iba.precision == "32"
+    with pytest.raises(ConfigError, match="valid: 32, bf16, 16-mixed"):
+        PerSampleIBA(trained, "conv3", precision="half")
+
+
+@needs_bf16
+def test_autocast_runs_convs_in_bf16_and_full_precision_switches_it_off() -> None:
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 8, 8)
+    with P.autocast("bf16", "cpu"):
+        assert conv(x).dtype == torch.bfloat16
+        with P.full_precision("cpu"):
+            assert conv(x).dtype == torch.float32
+    with P.autocast("32", "cpu"):
+        assert conv(x).dtype == torch.float32
+
+
+# --- accuracy bounds on the trained default shapesnet ---------------------------------------------------
+
+
+def _estimator(iba: PerSampleIBA, x: torch.Tensor) -> Estimator:
+    with torch.no_grad():
+        feature = iba.split.head(x)
+    est = Estimator(tuple(feature.shape[1:]))
+    est.update(feature)
+    return est
+
+
+@needs_bf16
+@pytest.mark.parametrize("layer", ["conv2", "conv3"])
+def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor], layer: str) -> None:
+    x, y = shapes["x"], shapes["label"]
+    train = render_split("train", 64, 64, 4, seed=0)["image"].float() / 255
+    results = {}
+    for precision in ("32", "bf16"):
+        iba = PerSampleIBA(trained, layer, seed=0, steps=5, precision=precision)
+        iba.set_estimator(_estimator(iba, (train - 0.5) / 0.25))
+        results[precision] = iba.explain(x, y)
+    ref, low = results["32"], results["bf16"]
+    assert low.heatmap.dtype == torch.float32 and low.capacity.dtype == torch.float32
+    assert (pearson(ref.heatmap, low.heatmap) >= 0.99).all()
+    assert ((low.total_bits - ref.total_bits).abs() <= 0.02 * ref.total_bits.abs()).all()
+    assert not torch.equal(ref.heatmap, low.heatmap)  # bf16 really ran
