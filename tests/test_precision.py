@@ -12,10 +12,13 @@ import warnings
 import pytest
 import torch
 
-from infoflow.data.shapes import ShapesDataModule, render_split
+from infoflow.data.shapes import ShapesDataModule, box_to_mask, render_split
 from infoflow.errors import ConfigError
 from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.metrics.bbox import BoundingBoxRatio
+from infoflow.metrics.degradation import Degradation
+from infoflow.metrics.sensitivity import SensitivityN
 from infoflow.models import get_model
 from infoflow.models.zoo import ZooModel
 from infoflow.utils import precision as P
@@ -114,11 +117,11 @@ def _estimator(iba: PerSampleIBA, x: torch.Tensor) -> Estimator:
 @needs_bf16
 @pytest.mark.parametrize("layer", ["conv2", "conv3"])
 def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor], layer: str) -> None:
-    x, y = shapes["x"], shapes["label"]
+    x, y, boxes = shapes["x"][:4], shapes["label"][:4], box_to_mask(shapes["box"][:4], 64, 64)
     train = render_split("train", 64, 64, 4, seed=0)["image"].float() / 255
     results = {}
     for precision in ("32", "bf16"):
-        iba = PerSampleIBA(trained, layer, seed=0, steps=5, precision=precision)
+        iba = PerSampleIBA(trained, layer, seed=0, steps=5, copies=5, precision=precision)
         iba.set_estimator(_estimator(iba, (train - 0.5) / 0.25))
         results[precision] = iba.explain(x, y)
     ref, low = results["32"], results["bf16"]
@@ -126,3 +129,27 @@ def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tenso
     assert (pearson(ref.heatmap, low.heatmap) >= 0.99).all()
     assert ((low.total_bits - ref.total_bits).abs() <= 0.02 * ref.total_bits.abs()).all()
     assert not torch.equal(ref.heatmap, low.heatmap)  # bf16 really ran
+    ratios = []
+    for result in (ref, low):
+        metric = BoundingBoxRatio(max_box_fraction=1.0)
+        metric.update(result.heatmap, boxes)
+        ratios.append(float(metric.compute()))
+    assert abs(ratios[0] - ratios[1]) <= 0.01
+
+
+@needs_bf16
+def test_metrics_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+    """Degradation area and Sensitivity-n with bf16 perturbation passes within 0.01 of fp32."""
+    x, y = shapes["x"][:4], shapes["label"][:4]
+    maps = shapes["mask"][:4].float() + 0.1 * torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for precision in ("32", "bf16"):
+        degradation = Degradation(trained.module.eval(), (64, 64), tile_size=8, num_points=17, precision=precision)
+        degradation.update(x, y, maps)
+        sensitivity = SensitivityN(trained.module, (64, 64), tile_size=8, num_n=4, num_subsets=16,
+                                   precision=precision)
+        sensitivity.update(x, y, maps)
+        out[precision] = (degradation.compute().score, sensitivity.compute().correlation)
+    assert degradation.precision == "bf16"
+    assert abs(float(out["32"][0] - out["bf16"][0])) <= 0.01
+    assert (out["32"][1] - out["bf16"][1]).abs().max() <= 0.01
