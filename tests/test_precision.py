@@ -8,19 +8,26 @@ Random weights amplify rounding and prove nothing, so these use the trained defa
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
 
+from infoflow.builders import build_trainer
 from infoflow.data.shapes import ShapesDataModule, box_to_mask, render_split
 from infoflow.errors import ConfigError
 from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.metrics.bbox import BoundingBoxRatio
 from infoflow.metrics.degradation import Degradation
 from infoflow.metrics.sensitivity import SensitivityN
 from infoflow.models import get_model
 from infoflow.models.zoo import ZooModel
+from infoflow.tasks.readout import ReadoutModule
 from infoflow.utils import precision as P
 
 needs_bf16 = pytest.mark.skipif(not P.is_supported("bf16", "cpu"), reason="this CPU has no native bf16")
@@ -153,3 +160,46 @@ def test_metrics_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor])
     assert degradation.precision == "bf16"
     assert abs(float(out["32"][0] - out["bf16"][0])) <= 0.01
     assert (out["32"][1] - out["bf16"][1]).abs().max() <= 0.01
+
+
+# --- Readout: inference and Lightning bf16-mixed training -----------------------------------------------
+
+
+@needs_bf16
+def test_readout_bf16_training_and_inference_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor],
+                                                    tmp_path: Path) -> None:
+    """A readout trained with Lightning's bf16-mixed keeps fp32 bottleneck quantities, and its heatmaps with
+    bf16 network passes correlate >= 0.99 with fp32 ones."""
+    dm = ShapesDataModule(image_size=64, num_train=32, num_val=16, num_test=16, batch_size=16)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    readout = ReadoutBottleneck(trained, "conv3", ["conv2", "conv3", "conv4", "fc"])
+    readout.set_statistics(fit_statistics(readout, dm.train_dataloader(), 32))
+    data = {"_target_": "infoflow.data.shapes.ShapesDataModule", "image_size": 64, "seed": 0}
+    module = ReadoutModule(readout, beta=10.0, lr=1e-2, meta=readout.meta(data), output_dir=tmp_path)
+    before = [p.detach().clone() for p in readout.net.parameters()]
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                         precision=P.lightning_precision("bf16", "cpu"))
+    trainer.fit(module, datamodule=dm)
+    assert trainer.precision == "bf16-mixed"
+    assert all(not torch.equal(a, b) for a, b in zip(before, readout.net.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in readout.net.parameters())
+    with P.autocast("bf16", "cpu"):  # as inside a bf16-mixed training step
+        out = readout(shapes["x"][:2])
+    assert out.capacity.dtype == out.lam.dtype == out.noisy_logits.dtype == torch.float32
+    maps = {p: ReadoutIBA(readout.eval(), precision=p).attribute(shapes["x"], shapes["label"]) for p in ("32", "bf16")}
+    assert (pearson(maps["32"], maps["bf16"]) >= 0.99).all()
+    assert not torch.equal(maps["32"], maps["bf16"])
+
+
+def test_train_config_precision_reaches_the_lightning_trainer(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["precision=bf16", "logger=[]", "callbacks=none",
+                                          f"paths.output_dir={tmp_path}"])
+    expected = "bf16-mixed" if P.is_supported("bf16", "cpu") else "32-true"
+    assert build_trainer(cfg).precision == expected
+    assert build_trainer(cfg, precision="32-true").precision == "32-true"
+    cfg.precision = "fp8"
+    with pytest.raises(ConfigError, match="valid: 32, bf16, 16-mixed"):
+        build_trainer(cfg)
