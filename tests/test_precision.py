@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from infoflow.builders import build_trainer
 from infoflow.data.shapes import ShapesDataModule, box_to_mask, render_split
+from infoflow.discarding import LayerFeatures, SIDConfig, compute_sid, estimate_delta_f2, resolve_layers
 from infoflow.errors import ConfigError
 from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
@@ -203,3 +204,35 @@ def test_train_config_precision_reaches_the_lightning_trainer(tmp_path: Path) ->
     cfg.precision = "fp8"
     with pytest.raises(ConfigError, match="valid: 32, bf16, 16-mixed"):
         build_trainer(cfg)
+
+
+# --- SID -------------------------------------------------------------------------------------------------
+
+
+@needs_bf16
+def test_sid_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+    """SID per conv layer with bf16 network passes: mean log sigma within 0.01 of fp32 (sigma within 1 %), the
+    constraint still met on fresh draws."""
+    x01 = shapes["x01"][:1]
+    features = LayerFeatures(trained.module, resolve_layers(trained, ["conv2", "conv4"]), ShapesDataModule.mean,
+                             ShapesDataModule.std)
+    df2 = estimate_delta_f2(features, shapes["x01"][:2], samples=4)
+    cfg = SIDConfig(steps=10, samples=2, eval_samples=32, max_eval_samples=256, tol=0.1)
+    results = {}
+    for precision in ("32", "bf16"):
+        features.precision = precision
+        results[precision] = compute_sid(features, x01, df2, cfg)
+    ref, low = results["32"], results["bf16"]
+    assert low.converged.all() and ref.converged.all()
+    assert ((low.ratio_fresh - 1).abs() <= cfg.tol).all()
+    shift = (low.log_sigma - ref.log_sigma).mean((2, 3)).abs()  # (N, L) log of the sigma ratio
+    assert (shift <= 0.01).all(), shift
+
+
+def test_sid_schedule_is_chosen_from_the_device() -> None:
+    elements = [(i, name) for name in ("a", "b") for i in range(3)]
+    cfg = SIDConfig(samples=2, max_rows=8)
+    assert cfg.chunks(elements, torch.device("cpu")) == [elements[:3], elements[3:]]
+    assert cfg.chunks(elements, torch.device("cuda")) == [elements[:4], elements[4:]]
+    with pytest.raises(ConfigError, match="valid: auto, batched, per-layer"):
+        SIDConfig(schedule="fast")
