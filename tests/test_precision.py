@@ -16,7 +16,8 @@ import torch
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from infoflow.builders import build_trainer
+from infoflow.attribution import METHODS
+from infoflow.builders import build_method, build_trainer
 from infoflow.data.shapes import ShapesDataModule, box_to_mask, render_split
 from infoflow.discarding import LayerFeatures, SIDConfig, compute_sid, estimate_delta_f2, resolve_layers
 from infoflow.errors import ConfigError
@@ -236,3 +237,33 @@ def test_sid_schedule_is_chosen_from_the_device() -> None:
     assert cfg.chunks(elements, torch.device("cuda")) == [elements[:4], elements[4:]]
     with pytest.raises(ConfigError, match="valid: auto, batched, per-layer"):
         SIDConfig(schedule="fast")
+
+
+# --- baselines ------------------------------------------------------------------------------------------
+
+
+@needs_bf16
+def test_baselines_bf16_and_the_methods_that_refuse_it(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+    x, y = shapes["x"][:4], shapes["label"][:4]
+    ref = METHODS.get("gradcam")(trained).attribute(x, y)
+    low = METHODS.get("gradcam")(trained).set_precision("bf16")
+    assert low.precision == "bf16"
+    maps = low.attribute(x, y)
+    assert maps.dtype == torch.float32 and not torch.equal(maps, ref)
+    assert (pearson(ref, maps) >= 0.99).all()
+    for name in ("lrp-a1b0", "pattern-attribution"):
+        method = METHODS.get(name)(trained)
+        assert not method.supports_bf16
+        with pytest.warns(P.PrecisionFallbackWarning, match="not valid in reduced precision"):
+            method.set_precision("bf16")
+        assert method.precision == "32"
+
+
+def test_evaluate_config_precision_reaches_the_methods(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["precision=bf16", "method=gradient", f"paths.output_dir={tmp_path}"])
+    expected = "bf16" if P.is_supported("bf16", "cpu") else "32"
+    assert build_method(cfg, get_model("shapesnet", "none", 4, (3, 64, 64))).precision == expected
+    cfg.precision = "fp8"
+    with pytest.raises(ConfigError, match="valid: 32, bf16, 16-mixed"):
+        build_method(cfg, get_model("shapesnet", "none", 4, (3, 64, 64)))

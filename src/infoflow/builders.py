@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import hydra
@@ -38,7 +39,12 @@ def build_method(cfg: DictConfig, model: ZooModel, dm: ImageDataModule | None = 
     training split (the only case in which the training split is set up: evaluation needs no ``train/``)."""
     kwargs = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(kwargs, dict)
-    method = METHODS.get(kwargs.pop("name"))(model, **kwargs)
+    factory = METHODS.get(kwargs.pop("name"))
+    # methods that take no `precision` argument get it through `set_precision` (the baselines)
+    precision = None if "precision" in inspect.signature(factory).parameters else kwargs.pop("precision", None)
+    method = factory(model, **kwargs)
+    if precision is not None and hasattr(method, "set_precision"):
+        method.set_precision(precision)
     if dm is not None and method.requires_fit:
         dm.setup("fit")
         method.fit(dm.train_dataloader())

@@ -15,9 +15,9 @@ from infoflow.metrics.perturb import (
     resolve_classifier,
     run_perturbations,
 )
-from infoflow.utils.precision import resolve_precision
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
+from infoflow.utils.precision import resolve_precision
 
 
 class DegradationResult(NamedTuple):

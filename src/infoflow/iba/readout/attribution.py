@@ -82,5 +82,5 @@ class ReadoutIBA(Attribution):
 
 
 @METHODS.register("readout")
-def _readout_iba(model: ZooModel, **kwargs: Any) -> ReadoutIBA:
-    return ReadoutIBA.load(model, **kwargs)
+def _readout_iba(model: ZooModel, precision: str | int = 32, **kwargs: Any) -> ReadoutIBA:
+    return ReadoutIBA.load(model, precision=precision, **kwargs)
