@@ -30,6 +30,7 @@ from infoflow.metrics.sensitivity import SensitivityN
 from infoflow.models import get_model
 from infoflow.models.zoo import ZooModel
 from infoflow.tasks.readout import ReadoutModule
+from infoflow.utils.fold import fold_batchnorm
 from infoflow.utils import precision as P
 
 needs_bf16 = pytest.mark.skipif(not P.is_supported("bf16", "cpu"), reason="this CPU has no native bf16")
@@ -267,3 +268,26 @@ def test_evaluate_config_precision_reaches_the_methods(tmp_path: Path) -> None:
     cfg.precision = "fp8"
     with pytest.raises(ConfigError, match="valid: 32, bf16, 16-mixed"):
         build_method(cfg, get_model("shapesnet", "none", 4, (3, 64, 64)))
+
+
+# --- the prepared network -------------------------------------------------------------------------------
+
+
+def test_fold_batchnorm_equals_the_network_and_leaves_it_unchanged(trained: ZooModel) -> None:
+    x = torch.randn(3, 3, 64, 64)
+    before = {k: v.clone() for k, v in trained.module.state_dict().items()}
+    folded = fold_batchnorm(trained.module, x[:1])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.module.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), trained.module(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(v, trained.module.state_dict()[k]) for k, v in before.items())
+
+
+def test_prepared_network_is_bf16_channels_last_and_fp32_is_the_network_itself(trained: ZooModel) -> None:
+    example = torch.zeros(1, 3, 64, 64)
+    assert P.prepare_network(trained.module, "32", example) is trained.module
+    net = P.prepare_network(trained.module, "bf16", example)
+    weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.dtype == torch.bfloat16 and not w.requires_grad for w in weights)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.shape[-1] > 1)

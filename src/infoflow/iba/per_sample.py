@@ -12,8 +12,9 @@ units of 1/k), computed faster with unchanged results:
 Precision (``precision``, see `infoflow.utils.precision`): with ``bf16`` only the network's passes (the
 head once, the tail at every step, and the tail's backward) run under autocast; their outputs are cast to
 fp32 at once. alpha, lam, Adam's state, the capacity (nats), the cross-entropy and the heatmaps (bits) stay
-fp32, and the feature statistics are float64 sums (`Estimator`). With ``channels_last`` the tail runs on
-channels-last features (faster bf16 convolutions on oneDNN; results equal up to rounding).
+fp32, and the feature statistics are float64 sums (`Estimator`, always fitted with the fp32 network). The
+reduced-precision passes run a frozen copy made at construction (`prepare_network`: batch norms folded,
+bf16 weights, channels-last), so later changes to the model's weights need a new `PerSampleIBA`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
-from infoflow.utils.precision import autocast, resolve_precision, to_fp32
+from infoflow.utils.precision import autocast, prepare_network, resolve_precision, to_fp32
 
 
 @dataclass
@@ -124,7 +125,6 @@ class PerSampleIBA(Attribution):
         estimator_cache: str | Path | None = None,
         use_fx: bool = True,
         precision: str | int = 32,
-        channels_last: bool | None = None,
     ) -> None:
         super().__init__(model)
         check_beta(beta)
@@ -134,7 +134,10 @@ class PerSampleIBA(Attribution):
         self.estimator_samples, self.estimator_cache = estimator_samples, estimator_cache
         self.split = SplitModel(model.module, self.layer, use_fx=use_fx)
         self.precision = resolve_precision(precision, self.device)
-        self.channels_last = self.precision != "32" if channels_last is None else channels_last
+        #: the network the fit runs: `split` in fp32, else a prepared copy (module docstring)
+        self.fast = self.split if self.precision == "32" else SplitModel(
+            prepare_network(model.module, self.precision, torch.zeros(1, *model.input_size, device=self.device)),
+            self.layer, use_fx=use_fx)
         self.bottleneck: Bottleneck | None = None
         if estimator is not None:
             self.set_estimator(estimator)
@@ -180,14 +183,14 @@ class PerSampleIBA(Attribution):
         with frozen(self.model.module):
             n, k = x.shape[0], self.copies
             with torch.no_grad(), autocast(self.precision, x.device):
-                feature = to_fp32(self.split.head(x))
-                prob_without = F.softmax(to_fp32(self.split.tail(feature, x)), 1).gather(1, target[:, None])[:, 0]
-            x_rep = x.repeat_interleave(k, 0) if self.split.needs_input else None
+                feature = to_fp32(self.fast.head(x))
+                prob_without = F.softmax(to_fp32(self.fast.tail(feature, x)), 1).gather(1, target[:, None])[:, 0]
+            x_rep = x.repeat_interleave(k, 0) if self.fast.needs_input else None
             r_rep = feature.repeat_interleave(k, 0)
             t_rep = target.repeat_interleave(k)
             alpha = torch.full_like(feature, self.init_alpha, requires_grad=True)
             optimizer = torch.optim.Adam([alpha], lr=self.lr)
-            memory_format = torch.channels_last if self.channels_last and feature.dim() == 4 else torch.preserve_format
+            memory_format = torch.channels_last if self.precision != "32" and feature.dim() == 4 else torch.preserve_format
             for _ in range(self.steps):
                 optimizer.zero_grad()
                 lam = self.bottleneck.lam(alpha)
@@ -195,7 +198,7 @@ class PerSampleIBA(Attribution):
                 noise = draw_noise((n, k, *feature.shape[1:]), generators, x.device).flatten(0, 1)
                 z = self.bottleneck.inject(r_rep, lam.repeat_interleave(k, 0), noise)
                 with autocast(self.precision, x.device):
-                    logits = to_fp32(self.split.tail(z.contiguous(memory_format=memory_format), x_rep))
+                    logits = to_fp32(self.fast.tail(z.contiguous(memory_format=memory_format), x_rep))
                 ce = F.cross_entropy(logits, t_rep, reduction="none").view(n, k).mean(1)
                 loss = (ce + self.beta * cap.flatten(1).mean(1)).sum()
                 loss.backward()

@@ -19,6 +19,11 @@ Hardware without support: ``bf16`` on a CPU without native bf16 (no AVX512-BF16 
 bf16, and ``16-mixed`` on a CPU, FALL BACK to fp32 with one `PrecisionFallbackWarning` per (precision,
 device type) and process: results stay correct, only slower. An unknown value raises a `ConfigError` listing
 the valid ones.
+
+`prepare_network` makes the copy of a FROZEN network that the fast reduced-precision loops run: batch norms
+folded into the convolutions (`infoflow.utils.fold`), weights stored in bf16 (autocast would cast them
+again at every call, as frozen weights are not cached) and channels-last memory. The values are those of
+autocast up to the rounding of the folded weights.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from infoflow.errors import ConfigError
+from infoflow.utils.fold import fold_batchnorm
 
 #: the valid settings: fp32, bf16 mixed precision, fp16 mixed precision (GPU only)
 PRECISIONS = ("32", "bf16", "16-mixed")
@@ -114,3 +121,17 @@ def lightning_precision(value: object, accelerator: str | None = "cpu") -> str:
     ``32-true``, ``bf16-mixed`` or ``16-mixed``, after the fallback of `resolve_precision`."""
     kind = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
     return _LIGHTNING[resolve_precision(value, kind)]
+
+
+def prepare_network(module: nn.Module, precision: str, example: torch.Tensor) -> nn.Module:
+    """A frozen copy of `module` for passes in `precision` (resolved): batch norms folded, weights in the
+    reduced dtype, channels-last; `module` itself unchanged. Run it under `autocast` (which casts its fp32
+    inputs). For ``32`` the module itself is returned (exact fp32 results).
+
+    `example`: a probe input (1, C, H, W) on the module's device. The copy does not follow later changes
+    of `module`'s weights.
+    """
+    if precision == "32":
+        return module
+    net = fold_batchnorm(module, example).requires_grad_(False)
+    return net.to(dtype=_DTYPES[precision], memory_format=torch.channels_last)
