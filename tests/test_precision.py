@@ -30,8 +30,8 @@ from infoflow.metrics.sensitivity import SensitivityN
 from infoflow.models import get_model
 from infoflow.models.zoo import ZooModel
 from infoflow.tasks.readout import ReadoutModule
-from infoflow.utils.fold import fold_batchnorm
 from infoflow.utils import precision as P
+from infoflow.utils.fold import fold_batchnorm
 
 needs_bf16 = pytest.mark.skipif(not P.is_supported("bf16", "cpu"), reason="this CPU has no native bf16")
 
@@ -125,7 +125,7 @@ def _estimator(iba: PerSampleIBA, x: torch.Tensor) -> Estimator:
 
 
 @needs_bf16
-@pytest.mark.parametrize("layer", ["conv2", "conv3"])
+@pytest.mark.parametrize("layer", [pytest.param("conv2", marks=pytest.mark.slow), "conv3"])
 def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor], layer: str) -> None:
     x, y, boxes = shapes["x"][:4], shapes["label"][:4], box_to_mask(shapes["box"][:4], 64, 64)
     train = render_split("train", 64, 64, 4, seed=0)["image"].float() / 255

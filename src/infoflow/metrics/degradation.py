@@ -17,7 +17,7 @@ from infoflow.metrics.perturb import (
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
-from infoflow.utils.precision import resolve_precision
+from infoflow.utils.precision import fp32_linear, resolve_precision
 
 
 class DegradationResult(NamedTuple):
@@ -169,7 +169,8 @@ def degradation_curves(
         probs = torch.softmax(model(batch).double(), dim=1)
         return torch.stack([probs.gather(1, target[i, None]).squeeze(1), probs.amax(dim=1)], dim=1)
 
-    values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision)
+    with fp32_linear(model if precision != "32" else None):
+        values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision)
     prob, top1 = values[..., 0], values[:, 0, 1]
     ends = prob[:, :1], prob[:, 1:2]
     morf = torch.cat([ends[0], prob[:, 2 : 2 + len(inner)], ends[1]], dim=1)

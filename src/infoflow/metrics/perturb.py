@@ -1,8 +1,10 @@
 """What the perturbation metrics share: the classifier they run, input checks, and the chunked runner.
 
 Precision: with ``precision="bf16"`` (`infoflow.utils.precision`) only the classifier's passes on the
-perturbed images run under autocast; the perturbed images are built in fp32 and the outputs (logits,
-probabilities) are taken in float64 by the metrics, so curves, areas and correlations are float64 sums.
+perturbed images run under autocast, except its Linear layers (the logit head: the metrics wrap their
+passes in `fp32_linear`, as bf16 logits are too coarse for small logit differences); the perturbed images are built in fp32 and the outputs
+(logits, probabilities) are taken in float64 by the metrics, so curves, areas and correlations are
+float64 sums.
 """
 
 from __future__ import annotations

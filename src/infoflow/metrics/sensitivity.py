@@ -18,7 +18,7 @@ from infoflow.metrics.perturb import (
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
-from infoflow.utils.precision import resolve_precision
+from infoflow.utils.precision import fp32_linear, resolve_precision
 
 
 class SensitivityNResult(NamedTuple):
@@ -198,6 +198,7 @@ def logit_drops(
         removed = flat[j][:, pixel_tiles].unsqueeze(1)  # (B, 1, H, W)
         return images[i].masked_fill(removed, 0)
 
-    base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision)  # (N, 1)
-    drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision)
+    with fp32_linear(model if precision != "32" else None):
+        base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision)  # (N, 1)
+        drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision)
     return drops.view(n, k, s)

@@ -13,7 +13,8 @@ the network's outputs back to fp32 (`to_fp32`) and compute outside autocast (`fu
 | bottleneck smoothing, noise injection, cross-entropy | fp32 (outside autocast) |
 | estimator sums (mean / std of features) | float64 (`Estimator`) |
 | SID log sigma, Lagrange multipliers, ||h(x') - f||², constraint ratio | fp32; ratio statistics float64 |
-| metrics' perturbed images, probabilities, areas, correlations | fp32 |
+| metrics' perturbed images; the classifier's Linear layers (logit head) | fp32 (`fp32_linear`) |
+| metrics' probabilities, areas, correlations | float64 |
 
 Hardware without support: ``bf16`` on a CPU without native bf16 (no AVX512-BF16 / AMX) or a GPU without
 bf16, and ``16-mixed`` on a CPU, FALL BACK to fp32 with one `PrecisionFallbackWarning` per (precision,
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -109,6 +110,32 @@ def full_precision(device: torch.device | str | None = None) -> Iterator[None]:
     """Switch autocast off (inside a Lightning ``bf16-mixed`` step, say) for the fp32 quantities."""
     with torch.autocast(_device_type(device), enabled=False):
         yield
+
+
+@contextlib.contextmanager
+def fp32_linear(module: object) -> Iterator[None]:
+    """Run the `nn.Linear` layers of `module` (the logit head of a conv net) in fp32 inside autocast.
+
+    bf16 logits have 8-bit mantissas (a step of 0.0625 at a logit of 10): too coarse for the small logit
+    differences that Sensitivity-n correlates. The heads are a small part of a conv net's work. A `module`
+    that is not an `nn.Module` is left as it is.
+    """
+    patched = [m for m in module.modules() if isinstance(m, nn.Linear)] if isinstance(module, nn.Module) else []
+    for m in patched:
+        m.forward = _fp32_forward(m.forward)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _fp32_forward(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(to_fp32(x))
+
+    return run
 
 
 def to_fp32(x: torch.Tensor) -> torch.Tensor:
