@@ -231,11 +231,14 @@ def test_sid_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> 
     assert (shift <= 0.01).all(), shift
 
 
-def test_sid_schedule_is_chosen_from_the_device() -> None:
+def test_sid_schedules_chunk_the_elements() -> None:
     elements = [(i, name) for name in ("a", "b") for i in range(3)]
-    cfg = SIDConfig(samples=2, max_rows=8)
-    assert cfg.chunks(elements, torch.device("cpu")) == [elements[:3], elements[3:]]
-    assert cfg.chunks(elements, torch.device("cuda")) == [elements[:4], elements[4:]]
+    per_layer = SIDConfig(samples=2, max_rows=8, schedule="per-layer")
+    assert per_layer.chunks(elements, torch.device("cpu")) == [elements[:3], elements[3:]]
+    batched = SIDConfig(samples=2, max_rows=8, schedule="batched")
+    assert batched.chunks(elements, torch.device("cpu")) == [elements[:4], elements[4:]]
+    for device in ("cpu", "cuda"):
+        assert SIDConfig(samples=2, max_rows=8).chunks(elements, torch.device(device)) == [elements[:4], elements[4:]]
     with pytest.raises(ConfigError, match="valid: auto, batched, per-layer"):
         SIDConfig(schedule="fast")
 
