@@ -115,7 +115,7 @@ def main() -> None:
         if args.compile:
             compiled = make(precision)
             compiled.set_estimator(est)
-            compiled.split.tail = torch.compile(compiled.split.tail)  # type: ignore[method-assign]
+            compiled.fast.tail = torch.compile(compiled.fast.tail)  # type: ignore[method-assign]
             compiled.attribute(images[:1], targets[:1])  # compile outside the timing
             variants.append((f"infoflow {method.precision} + torch.compile", compiled))
     fp32_fast = None
