@@ -1,16 +1,20 @@
-"""Per-Sample Bottleneck: infoflow's fast path against the reference library's loop, speed and fidelity.
+"""Per-Sample Bottleneck: infoflow's fast path in fp32 and bf16 against the reference library's loop (fp32).
 
 Default: ResNet-50 at conv3_4 (torchvision `layer2`); ``--model vgg16 --layer conv4_1`` checks a network
 with an in-place ReLU right after the layer; ``--model vit_b_16 --layer block6`` a ViT's token map (its
 class token crosses the cut, so infoflow's tail reruns the network too, with the hook split; torchvision's
-zero-initialised ViT classifier is given random weights, else every gradient would vanish). 224x224 inputs, random weights, statistics from random images.
-The naive reference is done the way the reference library does it: one image per call, the full network
-from the input at every step (a forward hook replaces the layer's output), weights not frozen, and the
-network's ReLUs in place as torchvision builds them. Both use the same noise, so their heatmaps must agree
-up to floating-point rounding; the script prints the max abs difference and the min Pearson correlation.
+zero-initialised ViT classifier is given random weights, else every gradient would vanish). 224x224 inputs, random weights (``--weights`` for trained
+ones), statistics from random images. The naive reference is done the way the reference library does it:
+one image per call, the full network from the input at every step (a forward hook replaces the layer's
+output), weights not frozen, and the network's ReLUs in place as torchvision builds them. All use the same
+noise, so the fp32 heatmaps must agree with the reference up to floating-point rounding, and the bf16 ones
+up to bf16 rounding; the script prints, for each precision, heatmaps/s, the speed-up over the reference,
+the max abs difference and the min Pearson correlation against the fp32 reference. Every timing is the
+best of ``--repeats`` runs (the machine may be shared). ``--compile`` also times ``torch.compile`` of the
+tail.
 
     python benchmarks/bench_per_sample.py [--model vgg16 --layer conv4_1] [--images 4] [--naive-images 2]
-        [--steps 10 --copies 10]
+        [--steps 10 --copies 10] [--precisions 32 bf16] [--device cuda] [--repeats 2] [--compile]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,60 +34,111 @@ from infoflow.models import get_model
 from infoflow.models.vit import TokenViT
 
 
+def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """The shortest wall time of `repeats` calls of `fn` (s) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    assert out is not None
+    return best, out
+
+
+def fidelity(maps: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Max abs difference and min per-image Pearson correlation of `maps` against `ref` (N, H, W)."""
+    a, b = maps.flatten(1).double().cpu(), ref.flatten(1).double().cpu()
+    corr = min(float(torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1]) for i in range(a.shape[0]))
+    return float((a - b).abs().max()), corr
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--layer", default="conv3_4")
+    parser.add_argument("--weights", default="none")
     parser.add_argument("--images", type=int, default=4, help="images for the fast path")
     parser.add_argument("--naive-images", type=int, default=2, help="images for the naive reference")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps (reference: 10)")
     parser.add_argument("--copies", type=int, default=10, help="noisy copies per step (reference: 10)")
+    parser.add_argument("--precisions", nargs="+", default=["32", "bf16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the tail")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = get_model(args.model)
+    model = get_model(args.model, args.weights)
     if isinstance(model.module, TokenViT):
         nn.init.normal_(model.module.heads.head.weight, std=0.02)
+    model.module.to(device)
     size = model.input_size
-    images = torch.randn(max(args.images, args.naive_images), *size)
-    targets = torch.arange(images.shape[0]) % model.num_classes
-    iba = PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps, copies=args.copies)
+    images = torch.randn(max(args.images, args.naive_images), *size, device=device)
+    targets = torch.arange(images.shape[0], device=device) % model.num_classes
+
+    def make(precision: str) -> PerSampleIBA:
+        return PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps,
+                            copies=args.copies, precision=precision)
+
+    iba = make("32")
     with torch.no_grad():
-        first = iba.split.head(torch.randn(8, *size))
-        est = Estimator(tuple(first.shape[1:]))
-        est.update(first)
-        for _ in range(3):
-            est.update(iba.split.head(torch.randn(8, *size)))
-    iba.set_estimator(est)
+        est = Estimator(tuple(iba.split.head(images[:1]).shape[1:])).to(device)
+        for _ in range(4):
+            est.update(iba.split.head(torch.randn(8, *size, device=device)))
     # the reference runs torchvision's network as built, in-place ReLUs included
     reference = copy.deepcopy(model.module)
     for m in reference.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = True
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} {args.layer} "
-          f"({iba.layer}), {size[1]}x{size[2]}, {args.steps} steps x {args.copies} copies")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {args.model} {args.layer} "
+          f"({iba.layer}), {size[1]}x{size[2]}, {args.steps} steps x {args.copies} copies, weights={args.weights}, "
+          f"best of {args.repeats}")
 
-    start = time.perf_counter()
-    fast = iba.attribute(images[: args.images], targets[: args.images])
-    fast_rate = args.images / (time.perf_counter() - start)
-    how = "hook split: full network" if iba.split.needs_input else "tail only"
-    print(f"infoflow (frozen, {how}, batched): {fast_rate:.3f} heatmaps/s")
+    def naive() -> torch.Tensor:
+        return torch.stack([
+            naive_per_sample(reference, iba.layer, iba.bottleneck, images[i : i + 1], int(targets[i]),
+                             steps=args.steps, copies=args.copies,
+                             generator=torch.Generator(device).manual_seed(i))
+            for i in range(args.naive_images)
+        ])
 
-    start = time.perf_counter()
-    naive = torch.stack([
-        naive_per_sample(reference, iba.layer, iba.bottleneck, images[i : i + 1], int(targets[i]),
-                         steps=args.steps, copies=args.copies, generator=torch.Generator().manual_seed(i))
-        for i in range(args.naive_images)
-    ])
-    naive_rate = args.naive_images / (time.perf_counter() - start)
-    print(f"naive reference (per image, full network, weight grads): {naive_rate:.3f} heatmaps/s")
-
+    iba.set_estimator(est)
+    seconds, ref = best_time(naive, args.repeats, device)
+    naive_rate = args.naive_images / seconds
+    print(f"{'naive reference fp32 (per image, full network, weight grads)':64s} {naive_rate:8.3f} heatmaps/s")
     n = min(args.images, args.naive_images)
-    a, b = fast[:n].flatten(1), naive[:n].flatten(1)
-    corr = min(float(torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1]) for i in range(n))
-    print(f"max abs difference: {float((a - b).abs().max()):.3g} bits/pixel "
-          f"(max heatmap value {float(b.abs().max()):.3g}); min Pearson correlation: {corr:.6f}")
-    print(f"speedup: {fast_rate / naive_rate:.2f}")
+    variants: list[tuple[str, PerSampleIBA]] = []
+    for precision in args.precisions:
+        method = make(precision)
+        method.set_estimator(est)
+        variants.append((f"infoflow {method.precision}" + (" (folded BN, channels-last)" if method.precision != "32" else ""), method))
+        if args.compile:
+            compiled = make(precision)
+            compiled.set_estimator(est)
+            compiled.fast.tail = torch.compile(compiled.fast.tail)  # type: ignore[method-assign]
+            compiled.attribute(images[:1], targets[:1])  # compile outside the timing
+            variants.append((f"infoflow {method.precision} + torch.compile", compiled))
+    fp32_fast = None
+    for label, method in variants:
+        seconds, maps = best_time(lambda m=method: m.attribute(images[: args.images], targets[: args.images]),
+                                  args.repeats, device)
+        rate = args.images / seconds
+        diff, corr = fidelity(maps[:n], ref[:n])
+        extra = ""
+        if fp32_fast is None and method.precision == "32":
+            fp32_fast = maps
+        elif fp32_fast is not None:
+            bits = maps.sum((1, 2)) / fp32_fast.sum((1, 2)) - 1
+            extra = f"; vs infoflow fp32: total bits {float(bits.abs().max()):.2%}, " \
+                    f"Pearson {fidelity(maps, fp32_fast)[1]:.5f}"
+        print(f"{label:64s} {rate:8.3f} heatmaps/s  speedup {rate / naive_rate:5.2f}x  "
+              f"max abs diff {diff:.3g} bits/px, min Pearson {corr:.5f}{extra}")
+    print(f"(max heatmap value of the reference: {float(ref.abs().max()):.3g} bits/px)")
 
 
 if __name__ == "__main__":

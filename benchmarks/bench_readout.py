@@ -12,7 +12,11 @@ repeats, the one least disturbed by other processes.
     python benchmarks/bench_readout.py --model vgg16 --layer conv4_1
     python benchmarks/bench_readout.py --model shapesnet --layer conv3 --image-size 64 --num-classes 4
 
-Prints the rates and, last, ``speedup: X.XX`` (Per-Sample seconds per heatmap / readout seconds per heatmap).
+Training and heatmaps run once per ``--precisions`` value (fp32 and bf16 by default; training through
+Lightning's ``precision``, from the same initial readout), side by side; the bf16 heatmaps are compared
+with the fp32 ones of the same readout (min Pearson; bound 0.99 on trained networks).
+
+Prints the rates and, last, ``speedup: X.XX`` (Per-Sample seconds per heatmap / fp32 readout seconds per heatmap).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.models.zoo import get_model
 from infoflow.tasks.readout import ReadoutModule
+from infoflow.utils.precision import lightning_precision
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="images for the heatmap comparison")
     parser.add_argument("--repeats", type=int, default=2, help="Per-Sample timings (the fastest is kept)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", default=["32", "bf16"])
     args = parser.parse_args()
     device = torch.device(args.device)
     readout_layers = (args.readout_layers.split(",") if args.readout_layers else
@@ -107,23 +113,39 @@ def main() -> None:
           f"{args.layer} (feature map {tuple(readout.feature_shape)}), readouts {readout_layers}, "
           f"{args.image_size}x{args.image_size} images")
 
-    timer = _Timer(device)
-    module = ReadoutModule(readout, beta=10.0, lr=1e-3, meta=readout.meta(), num_heatmaps=0)
-    trainer = pl.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, inference_mode=False, callbacks=[timer])
+    initial = {k: v.clone() for k, v in readout.state_dict().items()}
     loader = dict_loader(images[: args.batch_size * args.train_batches], labels[: args.batch_size * args.train_batches],
                          args.batch_size)
-    trainer.fit(module, train_dataloaders=loader)
-    train_rate = timer.images / timer.seconds
-    print(f"readout training: {train_rate:.1f} img/s (batch {args.batch_size}, {timer.images} images timed)")
+    for precision in args.precisions:  # each from the same initial readout; the fp32-trained one is kept
+        readout.load_state_dict(initial)
+        timer = _Timer(device)
+        module = ReadoutModule(readout, beta=10.0, lr=1e-3, meta=readout.meta(), num_heatmaps=0)
+        trainer = pl.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False, callbacks=[timer],
+                             precision=lightning_precision(precision, device.type))
+        trainer.fit(module, train_dataloaders=loader)
+        rate = timer.images / timer.seconds
+        if precision == args.precisions[0]:
+            train_rate, trained = rate, {k: v.clone() for k, v in readout.state_dict().items()}
+        print(f"readout training {trainer.precision}: {rate:.1f} img/s (batch {args.batch_size}, "
+              f"{timer.images} images timed)")
+    readout.load_state_dict(trained)
 
     x = images[: args.images].to(device)
     target = labels[: args.images].to(device)
-    fast = ReadoutIBA(readout.to(device), batch_size=args.batch_size)
-    fast.attribute(x, target)  # warm-up
-    readout_per = fastest(lambda: fast.attribute(x, target), device, 10 * args.repeats) / args.images
-    print(f"readout heatmaps: {1 / readout_per:.2f} heatmaps/s ({1e3 * readout_per:.1f} ms each)")
+    maps = {}
+    for precision in args.precisions:
+        fast = ReadoutIBA(readout.to(device), batch_size=args.batch_size, precision=precision)
+        fast.attribute(x, target)  # warm-up
+        per = fastest(lambda f=fast: f.attribute(x, target), device, 10 * args.repeats) / args.images
+        maps[precision] = fast.attribute(x, target).flatten(1).double().cpu()
+        ref = maps[args.precisions[0]]
+        corr = min(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(maps[precision], ref, strict=True))
+        if precision == args.precisions[0]:
+            readout_per = per
+        print(f"readout heatmaps {fast.precision}: {1 / per:.2f} heatmaps/s ({1e3 * per:.1f} ms each), "
+              f"{readout_per / per:.2f}x fp32; min Pearson with {args.precisions[0]}: {corr:.5f}")
 
     slow = PerSampleIBA(model, args.layer, batch_size=args.batch_size, seed=0,
                         estimator=stats[readout.bottleneck_stat_name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import hydra
@@ -13,6 +14,7 @@ from infoflow.data.base import ImageDataModule
 from infoflow.models import pretrained  # noqa: F401  (registers the default weights' version for cache keys)
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.utils.cache import cache_path, weights_id  # noqa: F401  (re-exported for the tasks)
+from infoflow.utils.precision import lightning_precision
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
@@ -37,7 +39,12 @@ def build_method(cfg: DictConfig, model: ZooModel, dm: ImageDataModule | None = 
     training split (the only case in which the training split is set up: evaluation needs no ``train/``)."""
     kwargs = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(kwargs, dict)
-    method = METHODS.get(kwargs.pop("name"))(model, **kwargs)
+    factory = METHODS.get(kwargs.pop("name"))
+    # methods that take no `precision` argument get it through `set_precision` (the baselines)
+    precision = None if "precision" in inspect.signature(factory).parameters else kwargs.pop("precision", None)
+    method = factory(model, **kwargs)
+    if precision is not None and hasattr(method, "set_precision"):
+        method.set_precision(precision)
     if dm is not None and method.requires_fit:
         dm.setup("fit")
         method.fit(dm.train_dataloader())
@@ -53,7 +60,14 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
-    """The Lightning Trainer of `cfg.trainer` with the configured loggers and callbacks."""
+    """The Lightning Trainer of `cfg.trainer` with the configured loggers and callbacks.
+
+    The top-level ``precision`` (32 | bf16 | 16-mixed) becomes Lightning's ``precision`` (``32-true``,
+    ``bf16-mixed``, ``16-mixed``; fp32 with a warning where the accelerator lacks support), unless
+    ``trainer.precision`` or `overrides` set it.
+    """
+    if cfg.get("precision") is not None and "precision" not in overrides and cfg.trainer.get("precision") is None:
+        overrides["precision"] = lightning_precision(cfg.precision, cfg.trainer.get("accelerator", "cpu"))
     return hydra.utils.instantiate(
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg), **overrides
     )

@@ -165,10 +165,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         layers = list(resolve_layers(model, an.layers))
         sid = layerwise_sid(
             model, x01, dm.mean, dm.std, layers, config, cache_dir=an.cache_dir, delta_f2_images=images01,
-            tau=an.delta_f2.tau, delta_f2_samples=an.delta_f2.samples,
+            tau=an.delta_f2.tau, delta_f2_samples=an.delta_f2.samples, precision=cfg.get("precision", 32),
         )
         ru = (
-            layerwise_ru(model, x01, sid, dm.mean, dm.std, an.decoder_dir, an.ru_samples, cfg.seed)
+            layerwise_ru(model, x01, sid, dm.mean, dm.std, an.decoder_dir, an.ru_samples, cfg.seed,
+                         precision=cfg.get("precision", 32))
             if want_ru(label, model, layers, an.decoder_dir, an.ru) else None
         )
         rows += layer_rows(label, sid, ru, mask, labels)

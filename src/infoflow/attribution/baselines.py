@@ -9,10 +9,16 @@ signed sum for Gradient, SmoothGrad, Integrated Gradients and LRP (sum keeps IG'
 max over channels of the absolute value for Saliency, Guided Backprop and Guided Grad-CAM (Simonyan et al.
 2014); the sum of absolute values for PatternAttribution; the mean for Occlusion, whose value is the same on
 every channel (the logit drop of the tile). Grad-CAM has one channel.
+
+Precision (`FrozenAttribution.set_precision`, ``precision`` in the method configs): the network's forward
+and backward run under autocast, the maps are returned as fp32. Methods whose arithmetic is not valid in
+bf16 set ``supports_bf16 = False`` (LRP: its stabilised rules must conserve relevance; PatternAttribution:
+its float64-fitted patterns and signal backward) and run in fp32 with a warning that says so.
 """
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from typing import Any, Literal
 
@@ -32,6 +38,7 @@ from infoflow.interface import METHODS, Attribution
 from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
+from infoflow.utils.precision import PrecisionFallbackWarning, autocast, resolve_precision, to_fp32
 
 Reduction = Literal["sum", "mean", "max-abs", "sum-abs"]
 
@@ -63,11 +70,27 @@ def input_gradient(module: nn.Module, inputs: torch.Tensor, target: torch.Tensor
 
 
 class FrozenAttribution(Attribution):
-    """An `Attribution` that runs with the model's parameters frozen and returns detached maps."""
+    """An `Attribution` that runs with the model's parameters frozen and returns detached fp32 maps, the
+    network's passes in `precision` (``32`` unless `set_precision` chose another)."""
+
+    #: whether the method's arithmetic is valid in bf16 / fp16 (else `set_precision` keeps fp32)
+    supports_bf16: bool = True
+    precision: str = "32"
+
+    def set_precision(self, value: str | int) -> FrozenAttribution:
+        """Run the network's passes in `value` (``32`` | ``bf16`` | ``16-mixed``): fp32 with a
+        `PrecisionFallbackWarning` where the hardware or the method (``supports_bf16``) does not support it."""
+        precision = resolve_precision(value, self.device)
+        if precision != "32" and not self.supports_bf16:
+            warnings.warn(f"{type(self).__name__} is not valid in reduced precision: running in fp32 "
+                          f"(precision={precision} ignored)", PrecisionFallbackWarning, stacklevel=2)
+            precision = "32"
+        self.precision = precision
+        return self
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | int | list[int]) -> torch.Tensor:
-        with frozen(self.model.module):
-            return super().attribute(inputs, target).detach()
+        with frozen(self.model.module), autocast(self.precision, inputs.device):
+            return to_fp32(super().attribute(inputs, target).detach())
 
 
 @METHODS.register("random")

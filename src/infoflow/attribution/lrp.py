@@ -87,6 +87,8 @@ class LRP(FrozenAttribution):
     """
 
     unit = "logit"
+    #: the rules' stabilisers and relevance conservation need fp32
+    supports_bf16 = False
 
     def __init__(
         self,

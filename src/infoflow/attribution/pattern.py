@@ -155,6 +155,8 @@ class PatternAttribution(FrozenAttribution):
     """
 
     requires_fit = True
+    #: the patterns are fitted in float64 and applied by a custom signal backward: fp32 only
+    supports_bf16 = False
 
     def __init__(self, model: ZooModel, max_batches: int | None = None) -> None:
         super().__init__(model)

@@ -16,6 +16,11 @@ change them (zoo models have no in-place modules anyway, see `infoflow.models.in
 conv output before its ReLU; for ResNets a block output (after its ReLU); for ShapesNet a conv-BN-ReLU
 block output. The network must be in eval mode (rows must not interact through BatchNorm statistics);
 `LayerFeatures` switches it to eval while in use.
+
+Precision (``precision``, `infoflow.utils.precision`): with ``bf16`` the network's forward (and, in SID,
+its backward) runs under autocast and every captured feature is returned as fp32, so all that is computed
+from the features (SID's ||h(x') - f||² and constraint ratio, RU's reconstructions) is fp32. The check that
+pruning is valid always runs in fp32 (a structural property, compared at a 1e-4 tolerance).
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from torch import nn
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.cache import tensor_fingerprint as model_fingerprint  # noqa: F401  (cache keys: utils.cache)
 from infoflow.utils.hooks import capture_outputs
+from infoflow.utils.precision import autocast, resolve_precision, to_fp32
+
+
+def _copy(o: torch.Tensor) -> torch.Tensor:
+    """An fp32 copy of a captured feature (a reduced-precision one is converted, which copies it)."""
+    low = to_fp32(o)
+    return low if low is not o else o.clone()
 
 
 class _PruneMismatch(Exception):
@@ -67,6 +79,8 @@ class LayerFeatures(nn.Module):
             as its own names. Several names may not share one module.
         mean, std: per-channel normalisation the network expects; inputs are ``(x - mean) / std``.
         prune: allow dropping finished rows (see the module docstring); it is still verified once.
+        precision: ``32`` | ``bf16`` | ``16-mixed`` for the network pass (module docstring); the attribute
+            `precision` holds the resolved value and may be changed later.
 
     Attributes:
         order: layer names in the order their modules run (known after the first call).
@@ -79,9 +93,12 @@ class LayerFeatures(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         prune: bool = True,
+        precision: str | int = 32,
     ) -> None:
         super().__init__()
         self.model = model
+        first = next(model.parameters(), None)
+        self.precision = resolve_precision(precision, first.device if first is not None else None)
         self.paths = dict(layers) if isinstance(layers, Mapping) else {p: p for p in layers}
         if len(set(self.paths.values())) != len(self.paths):
             raise ValueError(f"several layer names share a module: {self.paths}")
@@ -112,8 +129,11 @@ class LayerFeatures(nn.Module):
         finally:
             self.model.train(was)
 
-    def _run(self, x01: torch.Tensor, groups: Sequence[int] | None, prune: bool) -> dict[str, torch.Tensor]:
-        """One hooked forward. Without `groups` every layer gets every row and `self.order` is recorded."""
+    def _run(
+        self, x01: torch.Tensor, groups: Sequence[int] | None, prune: bool, precision: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One hooked forward. Without `groups` every layer gets every row and `self.order` is recorded.
+        `precision`: of this pass (default: `self.precision`); the features returned are fp32 copies."""
         counts = dict(zip(self.order, groups, strict=True)) if groups is not None else {}
         starts = dict(zip(counts, accumulate([0, *counts.values()]), strict=False))
         wanted = set(self.paths) if groups is None else {n for n, g in counts.items() if g > 0}
@@ -121,16 +141,17 @@ class LayerFeatures(nn.Module):
 
         def take(name: str, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             if groups is None:
-                return o.clone(), None
+                return _copy(o), None
             if not prune:
-                return o[starts[name] : starts[name] + counts[name]].clone(), None
+                return _copy(o[starts[name] : starts[name] + counts[name]]), None
             if o.shape[0] != remaining[0]:
                 raise _PruneMismatch(name)
             k = counts[name]
             remaining[0] -= k
-            return o[:k].clone(), o[k:]
+            return _copy(o[:k]), o[k:]
 
-        with capture_outputs(self.model, self.paths, until=wanted, take=take) as out:
+        with capture_outputs(self.model, self.paths, until=wanted, take=take) as out, \
+                autocast(self.precision if precision is None else precision, x01.device):
             self.model(self.normalize(x01))
         missing = wanted - set(out)
         if missing:
@@ -143,11 +164,11 @@ class LayerFeatures(nn.Module):
         """Record the layer order on one image, then check that pruning gives the same features."""
         one = x01[:1]
         with torch.no_grad():
-            full = self._run(one, None, prune=False)
+            full = self._run(one, None, prune=False, precision="32")
             if self.prune and len(self.order) > 1:
                 try:
                     pruned = self._run(
-                        one.expand(len(self.order), *one.shape[1:]), [1] * len(self.order), True
+                        one.expand(len(self.order), *one.shape[1:]), [1] * len(self.order), True, "32"
                     )
                     self.prune = all(
                         (pruned[n] - full[n]).norm() <= 1e-4 * full[n].norm() + 1e-6 for n in self.order

@@ -10,6 +10,8 @@ RU is computed under the same constraint E||h(x') - f||² = alpha delta_f², wit
 than a second optimisation of the RU objective (eq. 11). The squared error is averaged over the colour
 channels, so RU is a per-pixel map like SID; it includes the decoder's own reconstruction error.
 `per_pixel` is the mean over pixels and `total = C * sum_i RU_i`, as for SID. Batched over layers like SID.
+Precision: the network's passes follow `LayerFeatures.precision` (features returned as fp32); the
+decoder, the squared errors and their means are fp32.
 """
 
 from __future__ import annotations
@@ -112,11 +114,14 @@ def layerwise_ru(
     decoder_dir: str,
     samples: int = 16,
     seed: int = 0,
+    precision: str | int = 32,
 ) -> RUResult:
-    """RU of a zoo model at the layers of `sid`, with decoders from `decoder_dir` (`decoder.decoder_path`).
+    """RU of a zoo model at the layers of `sid`, with decoders from `decoder_dir` (`decoder.decoder_path`);
+    `precision` of the network's passes (`LayerFeatures`).
 
     A layer without a trained decoder raises `MissingDecoderError`.
     """
     decoders = {k: v.to(images01.device) for k, v in load_decoders(decoder_dir, model, sid.layers).items()}
-    features = LayerFeatures(model.module, resolve_layers(model, sid.layers), mean, std).to(images01.device)
+    features = LayerFeatures(model.module, resolve_layers(model, sid.layers), mean, std,
+                             precision=precision).to(images01.device)
     return compute_ru(features, images01, sid, decoders, samples, seed)

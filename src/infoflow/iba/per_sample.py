@@ -8,6 +8,13 @@ units of 1/k), computed faster with unchanged results:
   without in-place modules (`infoflow.models.inplace`), so the cached feature stays the layer's output;
 - many images are fitted at once, each with its own alpha: Adam is element-wise and the loss is a sum
   of per-image losses, so this equals fitting them one at a time with the same noise.
+
+Precision (``precision``, see `infoflow.utils.precision`): with ``bf16`` only the network's passes (the
+head once, the tail at every step, and the tail's backward) run under autocast; their outputs are cast to
+fp32 at once. alpha, lam, Adam's state, the capacity (nats), the cross-entropy and the heatmaps (bits) stay
+fp32, and the feature statistics are float64 sums (`Estimator`, always fitted with the fp32 network). The
+reduced-precision passes run a frozen copy made at construction (`prepare_network`: batch norms folded,
+bf16 weights, channels-last), so later changes to the model's weights need a new `PerSampleIBA`.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
+from infoflow.utils.precision import autocast, prepare_network, resolve_precision, to_fp32
 
 
 @dataclass
@@ -116,6 +124,7 @@ class PerSampleIBA(Attribution):
         estimator_samples: int = 5000,
         estimator_cache: str | Path | None = None,
         use_fx: bool = True,
+        precision: str | int = 32,
     ) -> None:
         super().__init__(model)
         check_beta(beta)
@@ -124,6 +133,11 @@ class PerSampleIBA(Attribution):
         self.init_alpha, self.sigma, self.batch_size, self.seed = init_alpha, sigma, batch_size, seed
         self.estimator_samples, self.estimator_cache = estimator_samples, estimator_cache
         self.split = SplitModel(model.module, self.layer, use_fx=use_fx)
+        self.precision = resolve_precision(precision, self.device)
+        #: the network the fit runs: `split` in fp32, else a prepared copy (module docstring)
+        self.fast = self.split if self.precision == "32" else SplitModel(
+            prepare_network(model.module, self.precision, torch.zeros(1, *model.input_size, device=self.device)),
+            self.layer, use_fx=use_fx)
         self.bottleneck: Bottleneck | None = None
         if estimator is not None:
             self.set_estimator(estimator)
@@ -168,21 +182,23 @@ class PerSampleIBA(Attribution):
         assert self.bottleneck is not None
         with frozen(self.model.module):
             n, k = x.shape[0], self.copies
-            with torch.no_grad():
-                feature = self.split.head(x)
-                prob_without = F.softmax(self.split.tail(feature, x), 1).gather(1, target[:, None])[:, 0]
-            x_rep = x.repeat_interleave(k, 0) if self.split.needs_input else None
+            with torch.no_grad(), autocast(self.precision, x.device):
+                feature = to_fp32(self.fast.head(x))
+                prob_without = F.softmax(to_fp32(self.fast.tail(feature, x)), 1).gather(1, target[:, None])[:, 0]
+            x_rep = x.repeat_interleave(k, 0) if self.fast.needs_input else None
             r_rep = feature.repeat_interleave(k, 0)
             t_rep = target.repeat_interleave(k)
             alpha = torch.full_like(feature, self.init_alpha, requires_grad=True)
             optimizer = torch.optim.Adam([alpha], lr=self.lr)
+            memory_format = torch.channels_last if self.precision != "32" and feature.dim() == 4 else torch.preserve_format
             for _ in range(self.steps):
                 optimizer.zero_grad()
                 lam = self.bottleneck.lam(alpha)
                 cap = self.bottleneck.capacity(feature, lam)
                 noise = draw_noise((n, k, *feature.shape[1:]), generators, x.device).flatten(0, 1)
                 z = self.bottleneck.inject(r_rep, lam.repeat_interleave(k, 0), noise)
-                logits = self.split.tail(z, x_rep)
+                with autocast(self.precision, x.device):
+                    logits = to_fp32(self.fast.tail(z.contiguous(memory_format=memory_format), x_rep))
                 ce = F.cross_entropy(logits, t_rep, reduction="none").view(n, k).mean(1)
                 loss = (ce + self.beta * cap.flatten(1).mean(1)).sum()
                 loss.backward()

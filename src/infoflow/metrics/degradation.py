@@ -17,6 +17,7 @@ from infoflow.metrics.perturb import (
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
+from infoflow.utils.precision import fp32_linear, resolve_precision
 
 
 class DegradationResult(NamedTuple):
@@ -60,6 +61,8 @@ class Degradation(Metric):
         tile_size: tile side in pixels (paper: 8 and 14).
         num_points: curve points including both ends (101: every 1% of the tiles).
         batch_size: perturbed images per forward pass; bounds memory.
+        precision: ``32`` | ``bf16`` | ``16-mixed`` for the classifier's passes on the perturbed images
+            (`infoflow.utils.precision`; fp32 fallback with a warning without hardware support).
     """
 
     full_state_update = False
@@ -78,6 +81,7 @@ class Degradation(Metric):
         tile_size: int = 8,
         num_points: int = 101,
         batch_size: int = 64,
+        precision: str | int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,6 +91,7 @@ class Degradation(Metric):
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.batch_size = int(batch_size)
+        self.precision = resolve_precision(precision, classifier_device(self.model, torch.device("cpu")))
         total = self.grid.num_tiles
         #: (P,) number of replaced tiles at each curve point, from 0 to num_tiles
         self.steps = torch.linspace(0, total, num_points, dtype=torch.float64).round().long().unique()
@@ -103,7 +108,8 @@ class Degradation(Metric):
         target = check_batch(images, target, attributions, size).to(device)
         images, attributions = images.to(device), attributions.to(device)
         curves, top1 = degradation_curves(
-            self.model, images, target, attributions, self.grid, self.steps.to(device), self.batch_size
+            self.model, images, target, attributions, self.grid, self.steps.to(device), self.batch_size,
+            self.precision,
         )
         self.morf_sum += curves[0].sum(0).to(self.morf_sum.device)
         self.lerf_sum += curves[1].sum(0).to(self.lerf_sum.device)
@@ -129,6 +135,7 @@ def degradation_curves(
     grid: TileGrid,
     steps: torch.Tensor,
     batch_size: int,
+    precision: str = "32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unnormalised per-image degradation curves, batched.
 
@@ -162,7 +169,8 @@ def degradation_curves(
         probs = torch.softmax(model(batch).double(), dim=1)
         return torch.stack([probs.gather(1, target[i, None]).squeeze(1), probs.amax(dim=1)], dim=1)
 
-    values = run_perturbations(forward, build, n, len(step_of), batch_size, device)
+    with fp32_linear(model if precision != "32" else None):
+        values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision)
     prob, top1 = values[..., 0], values[:, 0, 1]
     ends = prob[:, :1], prob[:, 1:2]
     morf = torch.cat([ends[0], prob[:, 2 : 2 + len(inner)], ends[1]], dim=1)

@@ -1,4 +1,11 @@
-"""What the perturbation metrics share: the classifier they run, input checks, and the chunked runner."""
+"""What the perturbation metrics share: the classifier they run, input checks, and the chunked runner.
+
+Precision: with ``precision="bf16"`` (`infoflow.utils.precision`) only the classifier's passes on the
+perturbed images run under autocast, except its Linear layers (the logit head: the metrics wrap their
+passes in `fp32_linear`, as bf16 logits are too coarse for small logit differences); the perturbed images are built in fp32 and the outputs
+(logits, probabilities) are taken in float64 by the metrics, so curves, areas and correlations are
+float64 sums.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import torch
 from torch import nn
 
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.precision import autocast
 from infoflow.utils.validation import as_target
 
 #: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
@@ -65,12 +73,14 @@ def run_perturbations(
     per_image: int,
     batch_size: int,
     device: torch.device,
+    precision: str = "32",
 ) -> torch.Tensor:
     """Evaluate all `num_images * per_image` perturbed images in batches of at most `batch_size`.
 
     Pairs (image i, perturbation j) are enumerated image-major. `build(i, j)` returns the perturbed images
     (B, C, H, W) for index tensors i, j (B,); `forward(batch, i)` returns one value row (B, ...) per image.
-    Returns (num_images, per_image, ...).
+    `precision`: a resolved precision (`resolve_precision`) for the `forward` passes. Returns
+    (num_images, per_image, ...).
     """
     total = num_images * per_image
     out = []
@@ -80,6 +90,7 @@ def run_perturbations(
         batch = build(image, step)
         if batch.dim() == 4:  # convolutions run faster on channels-last inputs (same values)
             batch = batch.contiguous(memory_format=torch.channels_last)
-        out.append(forward(batch, image))
+        with autocast(precision, device):
+            out.append(forward(batch, image))
     values = torch.cat(out)
     return values.view(num_images, per_image, *values.shape[1:])

@@ -18,6 +18,7 @@ from infoflow.metrics.perturb import (
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
+from infoflow.utils.precision import fp32_linear, resolve_precision
 
 
 class SensitivityNResult(NamedTuple):
@@ -52,6 +53,8 @@ class SensitivityN(Metric):
         num_subsets: random tile sets per n.
         seed: seed of the tile sets.
         batch_size: perturbed images per forward pass; bounds memory.
+        precision: ``32`` | ``bf16`` | ``16-mixed`` for the classifier's passes on the perturbed images
+            (`infoflow.utils.precision`; fp32 fallback with a warning without hardware support).
     """
 
     full_state_update = False
@@ -71,6 +74,7 @@ class SensitivityN(Metric):
         num_subsets: int = 100,
         seed: int = 0,
         batch_size: int = 64,
+        precision: str | int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -80,6 +84,7 @@ class SensitivityN(Metric):
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.batch_size = int(batch_size)
+        self.precision = resolve_precision(precision, classifier_device(self.model, torch.device("cpu")))
         total = self.grid.num_tiles
         top = math.log10(max(1.0, max_fraction * total))
         #: (K,) set sizes n, in tiles
@@ -107,7 +112,7 @@ class SensitivityN(Metric):
         device = classifier_device(self.model, images.device)
         target = check_batch(images, target, None, size).to(device)
         return logit_drops(self.model, images.to(device), target, self.grid, self._subsets_on(device),
-                           self.batch_size)
+                           self.batch_size, self.precision)
 
     def update(
         self,
@@ -174,6 +179,7 @@ def logit_drops(
     grid: TileGrid,
     subsets: torch.Tensor,
     batch_size: int,
+    precision: str = "32",
 ) -> torch.Tensor:
     """(N, K, S) float64 drop S_c(x) - S_c(x[T = 0]) of the target logit for every tile set T, batched.
 
@@ -192,6 +198,7 @@ def logit_drops(
         removed = flat[j][:, pixel_tiles].unsqueeze(1)  # (B, 1, H, W)
         return images[i].masked_fill(removed, 0)
 
-    base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device)  # (N, 1)
-    drops = base - run_perturbations(logit, build, n, k * s, batch_size, device)
+    with fp32_linear(model if precision != "32" else None):
+        base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision)  # (N, 1)
+        drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision)
     return drops.view(n, k, s)

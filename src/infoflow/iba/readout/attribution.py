@@ -15,20 +15,23 @@ from infoflow.iba.readout.meta import check_meta, load_readout, setup_meta
 from infoflow.iba.readout.network import ReadoutBottleneck
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.precision import resolve_precision
 
 
 class ReadoutIBA(Attribution):
     """Readout Bottleneck heatmaps (bits per pixel) from a trained readout: one pass per image.
 
     Build it from a checkpoint with `ReadoutIBA.load`. The heatmap does not depend on the target.
+    `precision` (``32`` | ``bf16`` | ``16-mixed``): the network passes (see `infoflow.iba.readout.network`).
     """
 
     unit = "bits/pixel"
 
-    def __init__(self, readout: ReadoutBottleneck, batch_size: int = 64) -> None:
+    def __init__(self, readout: ReadoutBottleneck, batch_size: int = 64, precision: str | int = 32) -> None:
         super().__init__(readout.zoo)
         self.readout = readout.eval()
         self.batch_size = batch_size
+        self.readout.precision = self.precision = resolve_precision(precision, self.device)
 
     @classmethod
     def load(
@@ -38,6 +41,7 @@ class ReadoutIBA(Attribution):
         layer: str | None = None,
         data: Mapping[str, Any] | None = None,
         batch_size: int = 64,
+        precision: str | int = 32,
     ) -> ReadoutIBA:
         """The readout of checkpoint `readout_ckpt` for `model`.
 
@@ -52,7 +56,7 @@ class ReadoutIBA(Attribution):
         readout = ReadoutBottleneck(model, meta["layer"], meta["readout_layers"], sigma=meta["sigma"],
                                     hidden=meta["hidden"], max_alpha=meta["max_alpha"])
         readout.load_state_dict(state)
-        return cls(readout, batch_size)
+        return cls(readout, batch_size, precision)
 
     @torch.no_grad()
     def explain(self, inputs: torch.Tensor, target: torch.Tensor | int) -> IBAResult:
@@ -78,5 +82,5 @@ class ReadoutIBA(Attribution):
 
 
 @METHODS.register("readout")
-def _readout_iba(model: ZooModel, **kwargs: Any) -> ReadoutIBA:
-    return ReadoutIBA.load(model, **kwargs)
+def _readout_iba(model: ZooModel, precision: str | int = 32, **kwargs: Any) -> ReadoutIBA:
+    return ReadoutIBA.load(model, precision=precision, **kwargs)

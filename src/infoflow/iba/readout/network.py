@@ -2,6 +2,11 @@
 
 The classifier is kept out of the module tree (`hide_module`), so `train()`, optimisers, DDP and
 checkpoints see only the readout.
+
+Precision: `precision` (set by `ReadoutIBA`; Lightning's ``bf16-mixed`` autocasts training steps itself)
+runs the classifier's passes and the readout's 1x1 convolutions under autocast. Their outputs (features,
+logits, alpha) are cast to fp32 at once, and lam, the capacity (nats) and the noise injection are computed
+with autocast off (`full_precision`), so the bottleneck's quantities are fp32 in every setting.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.hooks import capture_outputs, keep_copy
 from infoflow.utils.modules import MovesHidden, hide_module
+from infoflow.utils.precision import autocast, full_precision, to_fp32
 
 
 @dataclass
@@ -85,6 +91,8 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         if self.layer_path not in self.readout_paths:
             self.stat_layers[layer] = self.layer_path
         self.max_alpha = max_alpha
+        #: resolved precision of the network passes outside Lightning (`infoflow.utils.precision`)
+        self.precision = "32"
         module = model.module.eval().requires_grad_(False)
         # not registered (see the module docstring); `MovesHidden` moves it along with the readout
         hide_module(self, "split", SplitModel(module, self.layer_path))
@@ -134,11 +142,12 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
     def features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One noise-free pass: ({module path: (N, *shape) output} for `stat_layers`, (N, K) logits).
 
-        Outputs are copied, so nothing later in the network can change them.
+        Outputs are copied, so nothing later in the network can change them; they are fp32 at any precision.
         """
-        with capture_outputs(self.classifier, list(self.stat_layers.values()), take=keep_copy) as out:
+        with capture_outputs(self.classifier, list(self.stat_layers.values()), take=keep_copy) as out, \
+                autocast(self.precision, x.device):
             logits = self.classifier(x)
-        return out, logits
+        return {path: to_fp32(f) for path, f in out.items()}, to_fp32(logits)
 
     def set_statistics(self, estimators: Mapping[str, Estimator]) -> None:
         """Copy the (synced) statistics of every layer in `stat_layers` (by name) into the buffers in place."""
@@ -169,6 +178,13 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         runs on each readout's slice of its weights at the smaller of the readout's and the bottleneck's
         resolution (on vectors such as logits it is a matrix product, broadcast over space).
         """
+        with autocast(self.precision, first_device(features)):
+            alpha = to_fp32(self._alpha(features))
+        with full_precision(alpha.device):
+            return self.bottleneck.lam(alpha.clamp(-self.max_alpha, self.max_alpha))
+
+    def _alpha(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(N, C, h, w) alpha before clamping (see `lam`)."""
         size = self.feature_shape[1:]
         first = self.net[0]
         hidden = first.bias[None, :, None, None]
@@ -182,8 +198,7 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
                 hidden = hidden + F.conv2d(_resize(f, size), weight)
             else:
                 hidden = hidden + _resize(F.conv2d(f, weight), size)
-        alpha = self.net[1:](hidden).clamp(-self.max_alpha, self.max_alpha)
-        return self.bottleneck.lam(alpha)
+        return self.net[1:](hidden)
 
     def forward(self, x: torch.Tensor, noisy: bool = True, noise: torch.Tensor | None = None) -> ReadoutOutput:
         """Both passes for images `x` (N, C, H, W); with `noisy` False only the first (enough for heatmaps).
@@ -195,11 +210,13 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         features, logits = self.features(x)
         r = features[self.layer_path]
         lam = self.lam(features)
-        capacity = self.bottleneck.capacity(r, lam)
+        with full_precision(x.device):
+            capacity = self.bottleneck.capacity(r, lam)
+            z = self.bottleneck.inject(r, lam, noise) if noisy else None
         noisy_logits = None
-        if noisy:
-            z = self.bottleneck.inject(r, lam, noise)
-            noisy_logits = self.split.tail(z, x if self.split.needs_input else None)
+        if z is not None:
+            with autocast(self.precision, x.device):
+                noisy_logits = to_fp32(self.split.tail(z, x if self.split.needs_input else None))
         return ReadoutOutput(logits, lam, capacity, noisy_logits)
 
     def meta(self, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -212,6 +229,11 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
             "hidden": self.hidden,
             "max_alpha": self.max_alpha,
         }
+
+
+def first_device(features: Mapping[str, torch.Tensor]) -> torch.device:
+    """The device of the first tensor in `features`."""
+    return next(iter(features.values())).device
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
