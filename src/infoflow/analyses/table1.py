@@ -17,6 +17,7 @@ test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +82,20 @@ def _method_factory(rows: dict[str, DictConfig], dm: ImageDataModule, sanity_ove
 def _settings(cfg: DictConfig, model: ZooModel) -> MetricSettings:
     a = cfg.analysis
 
-    def kwargs(group: DictConfig, drop: str) -> dict[str, Any]:
-        return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != drop}
+    def kwargs(group: DictConfig | None, *drop: str) -> dict[str, Any] | None:
+        if group is None:
+            return None
+        return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in drop}
 
     return MetricSettings(
         degradation_tiles=list(a.degradation.tile_sizes), degradation=kwargs(a.degradation, "tile_sizes"),
         sensitivity_tiles=list(a.sensitivity.tile_sizes), sensitivity=kwargs(a.sensitivity, "tile_sizes"),
-        bbox=dict(a.bbox), sanity_images=int(a.sanity.num_images),
+        bbox=kwargs(a.bbox), mask_ratio=kwargs(a.mask_ratio), pointing=kwargs(a.pointing),
+        sparseness=bool(a.sparseness), insertion_deletion=kwargs(a.insertion_deletion), road=kwargs(a.road),
+        infidelity=kwargs(a.infidelity), max_sensitivity=kwargs(a.max_sensitivity),
+        subset_images=int(a.subset_images), sanity_images=int(a.sanity.num_images),
         sanity_layers=list(a.sanity.layers or model.layers), signed=list(a.sanity.signed),
-        win_size=int(a.sanity.win_size),
+        win_size=int(a.sanity.win_size), random_logit=bool(a.sanity.random_logit), seed=int(cfg.seed),
     )
 
 
@@ -101,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = _settings(cfg, model)
     module = AttributionEvaluation(
         model, list(rows), _method_factory(rows, dm, cfg.analysis.sanity.method_overrides), settings,
-        boxes=dm.has_boxes, target=cfg.analysis.target, seed=cfg.seed,
+        boxes=dm.has_boxes, masks=dm.has_masks, target=cfg.analysis.target, seed=cfg.seed,
         grid_batch=next(evaluation_batches(dm, cfg.analysis.grid_images)),
     )
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
@@ -129,6 +135,10 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
                            for x, y in zip(d.fractions, getattr(d, kind), strict=True)]
         if "bbox" in r:
             row[f"{tag} bbox ratio"] = extra["bbox_ratio"] = float(r["bbox"])
+        for name, key, column, value in COLUMNS:
+            if name in r:
+                row[column] = extra[key] = float("nan") if r[name] is None else float(value(r[name]))
+        curves += _curve_rows(label, r)
         extra["seconds_per_image"] = float(r["seconds"])
         for tile, s in r["sensitivity"].items():
             row[f"Sensitivity-n {tile}x{tile} (mean over n)"] = extra[f"sensitivity_{tile}_mean"] = \
@@ -156,6 +166,35 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
     return summary
 
 
+#: the common metrics' columns: (result name, CSV column, table column, scalar from the result); arrows: better
+COLUMNS: list[tuple[str, str, str, Callable[[Any], Any]]] = [
+    ("insertion_deletion", "insertion_auc", "Ins AUC ↑", lambda r: r.insertion_auc),
+    ("insertion_deletion", "deletion_auc", "Del AUC ↓", lambda r: r.deletion_auc),
+    ("road", "road", "ROAD (LeRF − MoRF) ↑", lambda r: r.score),
+    ("pointing", "pointing_game", "Pointing ↑", lambda r: r),
+    ("energy_pointing", "energy_pointing_game", "Energy PG ↑", lambda r: r),
+    ("mask_ratio", "mask_ratio", "Mask ratio ↑", lambda r: r),
+    ("sparseness", "gini", "Gini ↑", lambda r: r),
+    ("random_logit", "random_logit_ssim", "Random-logit SSIM ↓", lambda r: r),
+    ("infidelity", "infidelity", "Infidelity ↓", lambda r: r),
+    ("max_sensitivity", "max_sensitivity", "Max-sens ↓", lambda r: r),
+]
+
+
+def _curve_rows(label: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """curves.csv rows of the insertion/deletion curves and ROAD's MoRF/LeRF probability curves."""
+    rows = []
+    for name, kinds in (("insertion_deletion", ("insertion", "deletion")), ("road", ("morf", "lerf"))):
+        res = r.get(name)
+        if res is None:
+            continue
+        for kind in kinds:
+            curve = kind if name == "insertion_deletion" else f"road_{kind}"
+            rows += [{"method": label, "curve": curve, "x": float(x), "y": float(y)}
+                     for x, y in zip(res.fractions, getattr(res, kind), strict=True)]
+    return rows
+
+
 def plot_all(cfg: DictConfig, curves: pd.DataFrame, out: Path, prov: str) -> list[Path]:
     """MoRF/LeRF per degradation tile size, Sensitivity-n per tile size, SSIM per randomised layer."""
     paths = []
@@ -172,6 +211,13 @@ def plot_all(cfg: DictConfig, curves: pd.DataFrame, out: Path, prov: str) -> lis
         paths.append(plot_curves(series(f"sensitivity_{tile}"), out / f"sensitivity_{tile}.png",
                                  f"n (tiles of {tile}x{tile} pixels)", "Pearson correlation",
                                  f"Sensitivity-n, {tile}x{tile} tiles", prov, logx=True))
+    for name, kinds, xlabel, title in (
+            ("insertion_deletion", ("insertion", "deletion"), "fraction of pixels inserted / deleted",
+             "Insertion (blurred start) and deletion (to 0)"),
+            ("road", ("road_morf", "road_lerf"), "fraction of pixels removed and imputed", "ROAD")):
+        both = {f"{m} {kind.removeprefix('road_').upper()}": xy for kind in kinds for m, xy in series(kind).items()}
+        if both:
+            paths.append(plot_curves(both, out / f"{name}.png", xlabel, "mean target probability", title, prov))
     sanity = series("sanity_ssim")
     if sanity:
         layers = curves[curves.curve == "sanity_ssim"].drop_duplicates("x").layer
