@@ -149,3 +149,39 @@ def test_two_processes_give_the_same_numbers_as_one(trained_weights: Path, tmp_p
     timings = ["seconds_per_image"]  # wall time: the only column that may differ
     pd.testing.assert_frame_equal(one.drop(columns=timings), two.drop(columns=timings), check_exact=False,
                                   rtol=1e-5, atol=1e-6)
+
+
+def test_method_metrics_do_not_depend_on_batching() -> None:
+    """`MethodMetrics` (per-image seeds for ROAD, infidelity, max-sensitivity and the random logit): one batch of
+    4 images gives the results of two batches of 2 in the other order, as two DDP ranks would see them."""
+    from infoflow.interface import METHODS
+    from infoflow.metrics.suite import MethodMetrics
+
+    model = build_model(_cfg("weights=none"), ShapesDataModule(num_classes=4))
+    method = METHODS.get("gradient")(model)
+    settings = MetricSettings(degradation_tiles=(8,), degradation={"num_points": 5}, sensitivity_tiles=(),
+                              insertion_deletion={"num_points": 5}, road={"fractions": (0.3,)},
+                              infidelity={"n_perturb_samples": 3}, max_sensitivity={"n_perturb_samples": 2},
+                              subset_images=3, sanity_images=3, seed=5)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[:, 20:40, 10:30] = True
+    batch = {"image": torch.randn(4, 3, 64, 64, generator=g), "label": torch.tensor([0, 1, 2, 3]),
+             "index": torch.arange(4), "mask": masks, "box_mask": masks}
+    results = []
+    for parts in ([[0, 1, 2, 3]], [[3, 1], [2, 0]]):
+        metrics = MethodMetrics(model.module, (64, 64), settings, boxes=True, masks=True, num_classes=4)
+        for part in parts:
+            b = {k: v[part] for k, v in batch.items()}
+            with torch.enable_grad():
+                maps = method.attribute(b["image"], b["label"])
+            metrics.update(method, b, b["label"], maps)
+        results.append(metrics.results())
+    one, two = results
+    assert set(one) == {"degradation_8", "bbox", "mask_ratio", "pointing", "energy_pointing", "sparseness",
+                        "insertion_deletion", "road", "infidelity", "max_sensitivity", "random_logit"}
+    for name in one:
+        a, b = (torch.cat([v.reshape(-1) for v in r[name]]) if isinstance(r[name], tuple) else r[name]
+                for r in (one, two))
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-6, msg=name)
+    assert one["max_sensitivity"] > 0 and one["infidelity"] > 0 and -1 <= one["random_logit"] <= 1

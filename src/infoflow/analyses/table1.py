@@ -6,10 +6,13 @@ run by the defaults list of ``conf/analysis/table1.yaml``) with overrides of its
 test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes into the run directory
 (each figure carries the resolved config; ``config.yaml`` sits next to the tables) and to W&B:
 - ``table1.csv`` / ``table1.md`` (also printed): a row per method; degradation score (area between LeRF and
-  MoRF) at each tile size, the bounding-box ratio (when the data has ``box_mask``), the mean Sensitivity-n
-  correlation per tile size, the mean sanity SSIM and the attribution's milliseconds per image; plus t1 and b
-  in the CSV;
+  MoRF) at each tile size, the bounding-box ratio (when the data has ``box_mask``), the common metrics
+  (`COLUMNS`: insertion and deletion AUC, ROAD, pointing game, energy pointing game, mask ratio, Gini,
+  random-logit SSIM, infidelity, max-sensitivity; the perturbation ones on ``analysis.subset_images``
+  images), the mean Sensitivity-n correlation per tile size, the mean sanity SSIM and the attribution's
+  milliseconds per image; plus t1 and b in the CSV;
 - ``curves.csv`` and ``degradation_<tile>.png`` (mean MoRF/LeRF per method, figs. 7, 11, 12),
+  ``insertion_deletion.png`` and ``road.png`` (mean target probability curves),
   ``sensitivity_<tile>.png`` (fig. 6), ``sanity_ssim.png`` (SSIM per randomised layer);
 - ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8), one colour scale and labelled
   bar (the method's unit) per method.
@@ -155,9 +158,12 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
         full.append(extra)
     table_df, full_df = pd.DataFrame(table), pd.DataFrame(full)
     curves_df = pd.DataFrame(curves).reindex(columns=["method", "curve", "x", "y", "layer"]).fillna({"layer": ""})
-    note = (f"Degradation: area between the LeRF and MoRF curves (higher is better), {cfg.analysis.num_images} "
+    a = cfg.analysis
+    note = (f"Degradation: area between the LeRF and MoRF curves (higher is better), {a.num_images} "
             f"test images of `{cfg.data._target_.rsplit('.', 1)[-1]}`, model `{cfg.model.name}` "
-            f"(weights `{cfg.weights}`). Config: `config.yaml`.")
+            f"(weights `{cfg.weights}`). ↑/↓: higher/lower is better. Insertion/deletion, ROAD, infidelity and "
+            f"max-sensitivity on the first {a.subset_images} images, random-logit SSIM on the first "
+            f"{a.sanity.num_images}. Config: `config.yaml`.")
     write_markdown(table_df, out / "table1.md", "Table 1", note)
     print_table(table_df, "Table 1")
     figures = plot_all(cfg, curves_df, out, prov) + [heatmap_grid(dm, module, out, prov)]
