@@ -25,7 +25,12 @@ TINY = [
     "data.num_test=16", "data.batch_size=4", "analysis.sensitivity.num_subsets=8", "analysis.sensitivity.num_n=4",
     "analysis.sanity.num_images=2", "analysis.sanity.method_overrides.estimator_samples=32",
     "analysis.rows.iba-beta10.estimator_samples=32", "analysis.rows.iba-beta10.steps=2",
+    "analysis.subset_images=2", "analysis.insertion_deletion.num_points=11", "analysis.road.fractions=[0.2,0.6]",
+    "analysis.max_sensitivity.n_perturb_samples=3", "analysis.infidelity.n_perturb_samples=4",
 ]
+#: the common metrics' columns in table1.md
+NEW_COLUMNS = ["Ins AUC ↑", "Del AUC ↓", "ROAD (LeRF − MoRF) ↑", "Pointing ↑", "Energy PG ↑", "Mask ratio ↑", "Gini ↑",
+               "Random-logit SSIM ↓", "Infidelity ↓", "Max-sens ↓"]
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +108,32 @@ def test_table1_end_to_end_writes_table_curves_grid_and_wandb(tmp_path: Path) ->
     for column in ("Sensitivity-n 1x1 (mean over n)", "Sensitivity-n 8x8 (mean over n)", "sanity SSIM (mean)",
                    "ms per image"):
         assert f"| {column} |" in md, column
+    for column in NEW_COLUMNS:
+        assert f"| {column} |" in md, column
+    _check_common_metrics(df.set_index("method"))
     curves = pd.read_csv(out / "curves.csv")
-    assert {"morf_8", "lerf_14", "sensitivity_1", "sensitivity_8", "sanity_ssim"} <= set(curves.curve)
-    for png in ("degradation_8", "degradation_14", "sensitivity_1", "sensitivity_8", "sanity_ssim", "heatmaps_grid"):
+    assert {"morf_8", "lerf_14", "sensitivity_1", "sensitivity_8", "sanity_ssim", "insertion", "deletion", "road_morf",
+            "road_lerf"} <= set(curves.curve)
+    for png in ("degradation_8", "degradation_14", "sensitivity_1", "sensitivity_8", "sanity_ssim", "heatmaps_grid",
+                "insertion_deletion", "road"):
         assert (out / f"{png}.png").stat().st_size > 1000, png
     assert (out / "config.yaml").is_file() and any((out / "wandb").glob("offline-run-*"))
+
+
+def _check_common_metrics(t: pd.DataFrame) -> None:
+    """Ranges and closed forms of the common metrics' CSV columns (rows: random, gradient, iba-beta10, ground-truth)."""
+    unit = ["insertion_auc", "deletion_auc", "pointing_game", "energy_pointing_game", "mask_ratio", "gini"]
+    assert ((t[unit] >= 0) & (t[unit] <= 1)).all().all()
+    assert t.road.abs().max() <= 1 and (t.infidelity >= 0).all()
+    gt, rnd = t.loc["ground-truth"], t.loc["random"]
+    # the mask itself: its top-n pixels are the mask, its maximum lies on it, all its mass is inside
+    assert gt.mask_ratio == 1.0 and gt.pointing_game == 1.0 and gt.energy_pointing_game == 1.0
+    assert gt.gini > 0.5 > rnd.gini > 0.2  # a small 0/1 mask is sparse; uniform noise: Gini about 1/3
+    # the oracle reads the batch's mask: no re-attribution of perturbed images or of another class
+    assert pd.isna(gt.max_sensitivity) and pd.isna(gt.random_logit_ssim)
+    # random maps depend only on the image: the same map for the other class (SSIM 1); sensitive to any change
+    assert rnd.random_logit_ssim == pytest.approx(1.0) and rnd.max_sensitivity > 0.1
+    assert (t.drop(index="ground-truth").random_logit_ssim.between(-1, 1)).all()
 
 
 @pytest.mark.slow
@@ -121,3 +147,39 @@ def test_two_processes_give_the_same_numbers_as_one(trained_weights: Path, tmp_p
     timings = ["seconds_per_image"]  # wall time: the only column that may differ
     pd.testing.assert_frame_equal(one.drop(columns=timings), two.drop(columns=timings), check_exact=False,
                                   rtol=1e-5, atol=1e-6)
+
+
+def test_method_metrics_do_not_depend_on_batching() -> None:
+    """`MethodMetrics` (per-image seeds for ROAD, infidelity, max-sensitivity and the random logit): one batch of
+    4 images gives the results of two batches of 2 in the other order, as two DDP ranks would see them."""
+    from infoflow.interface import METHODS
+    from infoflow.metrics.suite import MethodMetrics
+
+    model = build_model(_cfg("weights=none"), ShapesDataModule(num_classes=4))
+    method = METHODS.get("gradient")(model)
+    settings = MetricSettings(degradation_tiles=(8,), degradation={"num_points": 5}, sensitivity_tiles=(),
+                              insertion_deletion={"num_points": 5}, road={"fractions": (0.3,)},
+                              infidelity={"n_perturb_samples": 3}, max_sensitivity={"n_perturb_samples": 2},
+                              subset_images=3, sanity_images=3, seed=5)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[:, 20:40, 10:30] = True
+    batch = {"image": torch.randn(4, 3, 64, 64, generator=g), "label": torch.tensor([0, 1, 2, 3]),
+             "index": torch.arange(4), "mask": masks, "box_mask": masks}
+    results = []
+    for parts in ([[0, 1, 2, 3]], [[3, 1], [2, 0]]):
+        metrics = MethodMetrics(model.module, (64, 64), settings, boxes=True, masks=True, num_classes=4)
+        for part in parts:
+            b = {k: v[part] for k, v in batch.items()}
+            with torch.enable_grad():
+                maps = method.attribute(b["image"], b["label"])
+            metrics.update(method, b, b["label"], maps)
+        results.append(metrics.results())
+    one, two = results
+    assert set(one) == {"degradation_8", "bbox", "mask_ratio", "pointing", "energy_pointing", "sparseness",
+                        "insertion_deletion", "road", "infidelity", "max_sensitivity", "random_logit"}
+    for name in one:
+        a, b = (torch.cat([v.reshape(-1) for v in r[name]]) if isinstance(r[name], tuple) else r[name]
+                for r in (one, two))
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-6, msg=name)
+    assert one["max_sensitivity"] > 0 and one["infidelity"] > 0 and -1 <= one["random_logit"] <= 1

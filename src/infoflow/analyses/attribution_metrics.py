@@ -1,19 +1,19 @@
 """Attribution methods x metrics as a Lightning test loop, so the evaluation spreads over GPUs and nodes.
 
 `AttributionEvaluation.test_step` computes every method's maps for its batch and updates that method's
-torchmetrics (degradation per tile size, Sensitivity-n per tile size, bounding-box ratio, cascading
-sanity-check SSIM); Sensitivity-n's perturbed forward passes do not depend on the maps, so they run once
-per batch for all methods. The metrics' sum states reduce across processes in `on_test_epoch_end`, where the
-results land in `results` (on every rank). `evaluation_loader` gives the first images of the test split,
-each with its global ``index``, split over processes without padding, so 1 and N processes see exactly
-the same images.
+`MethodMetrics` (degradation and Sensitivity-n per tile size, bounding-box and mask ratios, pointing games,
+sparseness, and on subsets insertion/deletion, ROAD, infidelity, max-sensitivity and the random-logit test)
+and its cascading sanity-check SSIM; Sensitivity-n's perturbed forward passes do not depend on the maps, so
+they run once per batch for all methods. The metrics' sum states reduce across processes in
+`on_test_epoch_end`, where the results land in `results` (on every rank). `evaluation_loader` gives the first
+images of the test split, each with its global ``index``, split over processes without padding, so 1 and N
+processes see exactly the same images.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,33 +22,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from infoflow.interface import Attribution
-from infoflow.metrics import BoundingBoxRatio, Degradation, SanitySSIM, SensitivityN, cascading_sanity_check
+from infoflow.metrics import SanitySSIM, cascading_sanity_check
+from infoflow.metrics.suite import MethodMetrics, MetricSettings, merge
 from infoflow.models.zoo import ZooModel
+
+__all__ = ["AttributionEvaluation", "MethodFactory", "MetricSettings"]
 
 #: builds a method for a model: ``make(label, model, for_sanity) -> Attribution`` (fitted)
 MethodFactory = Callable[[str, ZooModel, bool], Attribution]
-
-
-@dataclass
-class MetricSettings:
-    """What to measure. Keyword dicts go to the torchmetrics classes (`Degradation`, `SensitivityN`, ...).
-
-    Attributes:
-        degradation_tiles, sensitivity_tiles: tile sides in pixels (paper: 8, 14 and 1, 8).
-        sanity_images: images (global indices 0..sanity_images-1) for the cascading sanity check; 0: none.
-        sanity_layers: layers randomised in the cascade, in forward order.
-        signed: methods whose sanity SSIM takes the better of h_r and -h_r (LRP).
-    """
-
-    degradation_tiles: Sequence[int] = (8, 14)
-    degradation: dict[str, Any] = field(default_factory=dict)
-    sensitivity_tiles: Sequence[int] = (1, 8)
-    sensitivity: dict[str, Any] = field(default_factory=dict)
-    bbox: dict[str, Any] = field(default_factory=dict)
-    sanity_images: int = 4
-    sanity_layers: Sequence[str] = ()
-    signed: Sequence[str] = ()
-    win_size: int = 5
 
 
 class AttributionEvaluation(pl.LightningModule):
@@ -60,29 +41,33 @@ class AttributionEvaluation(pl.LightningModule):
         make: ``make(label, model, for_sanity)`` builds and fits a method (for_sanity: for a randomised copy).
         settings: the metrics.
         boxes: whether batches carry ``box_mask`` (else no bounding-box ratio).
+        masks: whether batches carry the object ``mask`` (else no mask ratio).
         target: ``label`` or ``pred``: the class explained.
         seed: seed of the sanity check's re-initialisation.
         grid_batch: a batch whose maps rank 0 keeps for a heatmap grid (`grid_maps`, `grid_target`).
     Attributes:
         results: after the test loop: {label: {"degradation": {tile: DegradationResult},
-            "sensitivity": {tile: SensitivityNResult}, "bbox": tensor, "sanity": (layers, ssim),
-            "seconds": tensor (mean wall seconds per image of the attribution)}}.
+            "sensitivity": {tile: SensitivityNResult}, "sanity": (layers, ssim), "seconds": tensor (mean wall
+            seconds per image of the attribution), and every other `MethodMetrics.results` entry by name
+            ("bbox", "mask_ratio", "pointing", "energy_pointing", "sparseness", "insertion_deletion", "road",
+            "infidelity", "max_sensitivity", "random_logit"; None where no image was scored)}}.
     """
 
     def __init__(self, model: ZooModel, labels: Sequence[str], make: MethodFactory, settings: MetricSettings,
-                 boxes: bool, target: str = "label", seed: int = 0,
+                 boxes: bool, masks: bool = False, target: str = "label", seed: int = 0,
                  grid_batch: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.zoo, self.labels, self.make, self.settings = model, list(labels), make, settings
         self.net = model.module
         self.target_kind, self.seed = target, seed
-        size = tuple(model.input_size[1:])
         s = settings
         self.scores = nn.ModuleDict({
+            label: MethodMetrics(self.net, tuple(model.input_size[1:]), s, signed=label in s.signed, boxes=boxes,
+                                 masks=masks, num_classes=model.num_classes)
+            for label in self.labels
+        })
+        self.extra = nn.ModuleDict({
             label: nn.ModuleDict({
-                **{f"degradation_{t}": Degradation(self.net, size, t, **s.degradation) for t in s.degradation_tiles},
-                **{f"sensitivity_{t}": SensitivityN(self.net, size, t, **s.sensitivity) for t in s.sensitivity_tiles},
-                **({"bbox": BoundingBoxRatio(**s.bbox)} if boxes else {}),
                 **({"sanity": SanitySSIM(list(reversed(s.sanity_layers)), label in s.signed, s.win_size)}
                    if s.sanity_images and s.sanity_layers else {}),
                 "seconds": MeanMetric(),  # wall seconds per image of the method's attribution
@@ -114,7 +99,7 @@ class AttributionEvaluation(pl.LightningModule):
         x, target = batch["image"], self._target(batch)
         sanity = batch["index"] < self.settings.sanity_images
         # Sensitivity-n's logit drops do not depend on the maps: one computation per tile size serves all rows
-        drops = {name: metric.drops(x, target) for name, metric in self.scores[self.labels[0]].items()
+        drops = {name: metric.drops(x, target) for name, metric in self.scores[self.labels[0]].metrics.items()
                  if name.startswith("sensitivity")} if self.methods else {}
         for label, method in self.methods.items():
             start = time.perf_counter()
@@ -123,16 +108,9 @@ class AttributionEvaluation(pl.LightningModule):
             if maps.is_cuda:
                 torch.cuda.synchronize(maps.device)
             seconds = time.perf_counter() - start
-            for name, metric in self.scores[label].items():
-                if name == "seconds":
-                    metric.update(seconds / len(x), weight=len(x))
-                elif name.startswith("degradation"):
-                    metric.update(x, target, maps)
-                elif name.startswith("sensitivity"):
-                    metric.update(x, target, maps, drops=drops[name])
-                elif name == "bbox":
-                    metric.update(maps, batch["box_mask"])
-            if "sanity" in self.scores[label] and sanity.any() and method.images_only:
+            self.extra[label]["seconds"].update(seconds / len(x), weight=len(x))
+            self.scores[label].update(method, batch, target, maps, drops)
+            if "sanity" in self.extra[label] and sanity.any() and method.images_only:
                 self._sanity(label, x[sanity], target[sanity])
 
     def _sanity(self, label: str, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -143,23 +121,22 @@ class AttributionEvaluation(pl.LightningModule):
                 [{"image": x, "label": target}], signed=label in self.settings.signed, seed=self.seed,
                 win_size=self.settings.win_size,
             )
-        metric = self.scores[label]["sanity"]
-        metric.merge_state({key: value.to(metric.device) for key, value in part.metric_state.items()})
+        merge(self.extra[label]["sanity"], part)
 
     def on_test_epoch_end(self) -> None:
         """Reduce every metric over processes (collective: runs on all ranks) into `results`."""
         for label in self.methods:
-            metrics = self.scores[label]
             res: dict[str, Any] = {"degradation": {}, "sensitivity": {}}
-            for name, metric in metrics.items():
-                value = metric.compute()
-                if name == "sanity":
-                    res["sanity"] = (metric.layers, value.cpu())
-                elif name in ("bbox", "seconds"):
-                    res[name] = value.cpu()
+            for name, value in self.scores[label].results().items():
+                kind, _, tile = name.partition("_")
+                if kind in ("degradation", "sensitivity"):
+                    res[kind][int(tile)] = value
                 else:
-                    kind, tile = name.split("_")
-                    res[kind][int(tile)] = type(value)(*(v.cpu() for v in value))
+                    res[name] = value
+            extra = self.extra[label]
+            if "sanity" in extra:
+                res["sanity"] = (extra["sanity"].layers, extra["sanity"].compute().cpu())
+            res["seconds"] = extra["seconds"].compute().cpu()
             self.results[label] = res
         if self.grid_batch is not None and self.trainer.is_global_zero:
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in self.grid_batch.items()}

@@ -6,10 +6,13 @@ run by the defaults list of ``conf/analysis/table1.yaml``) with overrides of its
 test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes into the run directory
 (each figure carries the resolved config; ``config.yaml`` sits next to the tables) and to W&B:
 - ``table1.csv`` / ``table1.md`` (also printed): a row per method; degradation score (area between LeRF and
-  MoRF) at each tile size, the bounding-box ratio (when the data has ``box_mask``), the mean Sensitivity-n
-  correlation per tile size, the mean sanity SSIM and the attribution's milliseconds per image; plus t1 and b
-  in the CSV;
+  MoRF) at each tile size, the bounding-box ratio (when the data has ``box_mask``), the common metrics
+  (`COLUMNS`: insertion and deletion AUC, ROAD, pointing game, energy pointing game, mask ratio, Gini,
+  random-logit SSIM, infidelity, max-sensitivity; the perturbation ones on ``analysis.subset_images``
+  images), the mean Sensitivity-n correlation per tile size, the mean sanity SSIM and the attribution's
+  milliseconds per image; plus t1 and b in the CSV;
 - ``curves.csv`` and ``degradation_<tile>.png`` (mean MoRF/LeRF per method, figs. 7, 11, 12),
+  ``insertion_deletion.png`` and ``road.png`` (mean target probability curves),
   ``sensitivity_<tile>.png`` (fig. 6), ``sanity_ssim.png`` (SSIM per randomised layer);
 - ``heatmaps_grid.png``: every method on the same test images (figs. 5, 8), one colour scale and labelled
   bar (the method's unit) per method.
@@ -17,6 +20,7 @@ test loop (`AttributionEvaluation`, trainer from ``cfg.trainer``). Rank 0 writes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +85,21 @@ def _method_factory(rows: dict[str, DictConfig], dm: ImageDataModule, sanity_ove
 def _settings(cfg: DictConfig, model: ZooModel) -> MetricSettings:
     a = cfg.analysis
 
-    def kwargs(group: DictConfig, drop: str) -> dict[str, Any]:
-        return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != drop}
+    def kwargs(group: DictConfig | None, *drop: str) -> dict[str, Any] | None:
+        if group is None:
+            return None
+        return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in drop}
 
+    precision = {"precision": str(cfg.get("precision", 32))}  # the perturbation passes (bf16 where asked)
     return MetricSettings(
-        degradation_tiles=list(a.degradation.tile_sizes), degradation=kwargs(a.degradation, "tile_sizes"),
-        sensitivity_tiles=list(a.sensitivity.tile_sizes), sensitivity=kwargs(a.sensitivity, "tile_sizes"),
-        bbox=dict(a.bbox), sanity_images=int(a.sanity.num_images),
+        degradation_tiles=list(a.degradation.tile_sizes), degradation={**kwargs(a.degradation, "tile_sizes"), **precision},
+        sensitivity_tiles=list(a.sensitivity.tile_sizes), sensitivity={**kwargs(a.sensitivity, "tile_sizes"), **precision},
+        bbox=kwargs(a.bbox), mask_ratio=kwargs(a.mask_ratio), pointing=kwargs(a.pointing),
+        sparseness=bool(a.sparseness), insertion_deletion=kwargs(a.insertion_deletion), road=kwargs(a.road),
+        infidelity=kwargs(a.infidelity), max_sensitivity=kwargs(a.max_sensitivity),
+        subset_images=int(a.subset_images), sanity_images=int(a.sanity.num_images),
         sanity_layers=list(a.sanity.layers or model.layers), signed=list(a.sanity.signed),
-        win_size=int(a.sanity.win_size),
+        win_size=int(a.sanity.win_size), random_logit=bool(a.sanity.random_logit), seed=int(cfg.seed),
     )
 
 
@@ -101,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = _settings(cfg, model)
     module = AttributionEvaluation(
         model, list(rows), _method_factory(rows, dm, cfg.analysis.sanity.method_overrides), settings,
-        boxes=dm.has_boxes, target=cfg.analysis.target, seed=cfg.seed,
+        boxes=dm.has_boxes, masks=dm.has_masks, target=cfg.analysis.target, seed=cfg.seed,
         grid_batch=next(evaluation_batches(dm, cfg.analysis.grid_images)),
     )
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
@@ -129,6 +139,10 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
                            for x, y in zip(d.fractions, getattr(d, kind), strict=True)]
         if "bbox" in r:
             row[f"{tag} bbox ratio"] = extra["bbox_ratio"] = float(r["bbox"])
+        for name, key, column, value in COLUMNS:
+            if name in r:
+                row[column] = extra[key] = float("nan") if r[name] is None else float(value(r[name]))
+        curves += _curve_rows(label, r)
         extra["seconds_per_image"] = float(r["seconds"])
         for tile, s in r["sensitivity"].items():
             row[f"Sensitivity-n {tile}x{tile} (mean over n)"] = extra[f"sensitivity_{tile}_mean"] = \
@@ -145,15 +159,47 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
         full.append(extra)
     table_df, full_df = pd.DataFrame(table), pd.DataFrame(full)
     curves_df = pd.DataFrame(curves).reindex(columns=["method", "curve", "x", "y", "layer"]).fillna({"layer": ""})
-    note = (f"Degradation: area between the LeRF and MoRF curves (higher is better), {cfg.analysis.num_images} "
+    a = cfg.analysis
+    note = (f"Degradation: area between the LeRF and MoRF curves (higher is better), {a.num_images} "
             f"test images of `{cfg.data._target_.rsplit('.', 1)[-1]}`, model `{cfg.model.name}` "
-            f"(weights `{cfg.weights}`). Config: `config.yaml`.")
+            f"(weights `{cfg.weights}`). ↑/↓: higher/lower is better. Insertion/deletion, ROAD, infidelity and "
+            f"max-sensitivity on the first {a.subset_images} images, random-logit SSIM on the first "
+            f"{a.sanity.num_images}. Config: `config.yaml`.")
     write_markdown(table_df, out / "table1.md", "Table 1", note)
     print_table(table_df, "Table 1")
     figures = plot_all(cfg, curves_df, out, prov) + [heatmap_grid(dm, module, out, prov)]
     summary = {f"{r['method']}/{k}": v for r in full for k, v in r.items() if isinstance(v, float)}
     log_results(cfg, {"table1": full_df, "curves": curves_df}, {"table1_figures": figures}, summary)
     return summary
+
+
+#: the common metrics' columns: (result name, CSV column, table column, scalar from the result); arrows: better
+COLUMNS: list[tuple[str, str, str, Callable[[Any], Any]]] = [
+    ("insertion_deletion", "insertion_auc", "Ins AUC ↑", lambda r: r.insertion_auc),
+    ("insertion_deletion", "deletion_auc", "Del AUC ↓", lambda r: r.deletion_auc),
+    ("road", "road", "ROAD (LeRF − MoRF) ↑", lambda r: r.score),
+    ("pointing", "pointing_game", "Pointing ↑", lambda r: r),
+    ("energy_pointing", "energy_pointing_game", "Energy PG ↑", lambda r: r),
+    ("mask_ratio", "mask_ratio", "Mask ratio ↑", lambda r: r),
+    ("sparseness", "gini", "Gini ↑", lambda r: r),
+    ("random_logit", "random_logit_ssim", "Random-logit SSIM ↓", lambda r: r),
+    ("infidelity", "infidelity", "Infidelity ↓", lambda r: r),
+    ("max_sensitivity", "max_sensitivity", "Max-sens ↓", lambda r: r),
+]
+
+
+def _curve_rows(label: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """curves.csv rows of the insertion/deletion curves and ROAD's MoRF/LeRF probability curves."""
+    rows = []
+    for name, kinds in (("insertion_deletion", ("insertion", "deletion")), ("road", ("morf", "lerf"))):
+        res = r.get(name)
+        if res is None:
+            continue
+        for kind in kinds:
+            curve = kind if name == "insertion_deletion" else f"road_{kind}"
+            rows += [{"method": label, "curve": curve, "x": float(x), "y": float(y)}
+                     for x, y in zip(res.fractions, getattr(res, kind), strict=True)]
+    return rows
 
 
 def plot_all(cfg: DictConfig, curves: pd.DataFrame, out: Path, prov: str) -> list[Path]:
@@ -172,6 +218,13 @@ def plot_all(cfg: DictConfig, curves: pd.DataFrame, out: Path, prov: str) -> lis
         paths.append(plot_curves(series(f"sensitivity_{tile}"), out / f"sensitivity_{tile}.png",
                                  f"n (tiles of {tile}x{tile} pixels)", "Pearson correlation",
                                  f"Sensitivity-n, {tile}x{tile} tiles", prov, logx=True))
+    for name, kinds, xlabel, title in (
+            ("insertion_deletion", ("insertion", "deletion"), "fraction of pixels inserted / deleted",
+             "Insertion (blurred start) and deletion (to 0)"),
+            ("road", ("road_morf", "road_lerf"), "fraction of pixels removed and imputed", "ROAD")):
+        both = {f"{m} {kind.removeprefix('road_').upper()}": xy for kind in kinds for m, xy in series(kind).items()}
+        if both:
+            paths.append(plot_curves(both, out / f"{name}.png", xlabel, "mean target probability", title, prov))
     sanity = series("sanity_ssim")
     if sanity:
         layers = curves[curves.curve == "sanity_ssim"].drop_duplicates("x").layer
