@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.errors import ConfigError
 from infoflow.models import MODELS, get_model
-from infoflow.studies.report import build_report, model_table
+from infoflow.studies.report import build_report, epoch_layers, model_table
 from infoflow.studies.stages import read_done, run_stages, stage_config
 from infoflow.studies.verdicts import VERDICTS, spearman
 from infoflow.tasks import TASKS
@@ -158,3 +158,30 @@ def test_revised_model_has_four_7x7_filters_at_the_revised_layer() -> None:
     assert (conv.out_channels, conv.kernel_size, conv.padding) == (4, (7, 7), (3, 3))
     assert model.conv4[0].in_channels == 4 and model.conv3[1].num_features == 4
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+
+
+def test_epochs_report_reads_the_layerwise_callback_csv(tmp_path: Path) -> None:
+    # a synthetic callbacks/layerwise.csv: epochs 0..3 x conv1..conv3, rows shuffled; conv3 falls, then rises
+    sid = {0: [-1.0, -0.5, 0.4], 1: [-1.1, -0.6, 0.1], 2: [-1.2, -0.7, 0.2], 3: [-1.3, -0.8, 0.3]}
+    rows = [{"epoch": e, "layer_index": i + 1, "layer": f"conv{i + 1}", "sid_per_pixel": v, "sid_total": v * 4096,
+             "constraint_ratio": 1.0, "concentration": v / 2, "ru_per_pixel": np.nan, "ratio_fresh": np.nan,
+             "images": 2, "seconds": 1.0} for e, vs in sid.items() for i, v in enumerate(vs)]
+    csv = tmp_path / "layerwise.csv"
+    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(csv, index=False)
+    layers = epoch_layers(csv)
+    assert list(dict.fromkeys(layers.model)) == ["epoch_0", "epoch_1", "epoch_2", "epoch_3"]
+    assert layers.loc[(layers.model == "epoch_2") & (layers.layer == "conv3"), "sid_per_pixel"].item() == 0.2
+    models = model_table([{"name": f"epoch_{e}", "stage": "train" if e == 3 else None} for e in sid],
+                         {"train": {"metrics": {"test/acc": 0.8}}}, layers, {}, None)
+    assert models.sid_last.tolist() == [0.4, 0.1, 0.2, 0.3]
+    assert np.isnan(models.accuracy.iloc[0]) and models.accuracy.iloc[-1] == 0.8
+    report = build_report("epochs", tmp_path, models, layers, {})
+    assert [v.reproduced for v in report.verdicts] == [True]  # minimum at epoch 1, then rising
+    assert "minimum at epoch_1" in report.verdicts[0].measured
+    assert pd.read_csv(tmp_path / "report.csv").loc[3, "conc conv2"] == pytest.approx(-0.4)
+    # only falling: the verdict follows the numbers
+    falling = pd.DataFrame(rows).assign(sid_per_pixel=lambda d: -d.epoch.astype(float) - d.layer_index)
+    falling.to_csv(csv, index=False)
+    layers = epoch_layers(csv)
+    models = model_table([{"name": f"epoch_{e}"} for e in sid], {}, layers, {}, None)
+    assert [v.reproduced for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == [False]

@@ -1,7 +1,8 @@
 """A study's comparison report, from its stages' outputs, into the study's run directory and W&B.
 
-Inputs: the layer-wise means of the study's layer-wise stage (``layerwise_summary.csv``: model, layer_index,
-layer, sid_per_pixel, ru_per_pixel, concentration), each compared model's training stage (``done.json``:
+Inputs: the layer-wise means of the study's layer-wise stage (``layerwise_summary.csv`` of an ``analysis=layerwise``
+stage: model, layer_index, layer, sid_per_pixel, ru_per_pixel, concentration; or, for a training stage with the
+``layerwise`` callback, its ``callbacks/layerwise.csv``, each evaluated epoch a model ``epoch_<N>``: `epoch_layers`), each compared model's training stage (``done.json``:
 test/acc and the study's figures such as sparsity) and, where there is one, the robustness stage
 (``robustness.csv``). Outputs:
 
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from infoflow.errors import DataError
 from infoflow.studies.verdicts import VERDICTS, Verdict
 from infoflow.utils.checkpoint import atomic_write
 from infoflow.utils.tables import to_markdown_table, write_csv
@@ -42,6 +44,17 @@ class Report:
     verdicts: list[Verdict]
     markdown: str
     figures: list[Path]
+
+
+def epoch_layers(path: str | Path) -> pd.DataFrame:
+    """The ``layerwise`` callback's CSV (one row per evaluated epoch and layer) as a layer-wise table whose models
+    are the epochs: model ``epoch_<N>`` (N: epochs trained, 0: the initial weights), in epoch order."""
+    table = pd.read_csv(path).sort_values(["epoch", "layer_index"], kind="stable")
+    if table.empty:
+        raise DataError(f"{path} has no rows: the layerwise callback evaluated no epoch")
+    table.insert(0, "model", [f"epoch_{int(e)}" for e in table.epoch])
+    keep = ["model", "epoch", "layer_index", "layer", *[c for c in QUANTITIES if c in table]]
+    return table[keep].reset_index(drop=True)
 
 
 def model_table(models: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping[str, Any]],

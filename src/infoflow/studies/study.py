@@ -7,7 +7,8 @@ stages: an interrupted or failed study resumes at the stage that did not finish.
 
 Config (``task``): ``study`` (the verdict rules), ``common`` (overrides of every stage), ``stages``,
 ``models`` (the compared networks: name, model, weights and the stage that trained them), ``report``
-(``layerwise``: the stage whose layer-wise means are compared; ``robustness``: its stage or null;
+(``layerwise``: the stage whose layer-wise means are compared; ``source``: ``summary`` (an ``analysis=layerwise``
+stage) or ``callback`` (a training stage's ``layerwise`` callback CSV, one model per evaluated epoch); ``robustness``: its stage or null;
 ``extras``: report column -> metric of a model's stage) and ``claims`` (settings of the verdict rules).
 """
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from infoflow.builders import build_datamodule, build_loggers
 from infoflow.errors import ConfigError, DataError
 from infoflow.models.zoo import get_model
-from infoflow.studies.report import build_report, log_report, model_table
+from infoflow.studies.report import build_report, epoch_layers, log_report, model_table
 from infoflow.studies.robustness import minimal_targeted_l2
 from infoflow.studies.stages import run_stages, stage_config, stage_dir
 from infoflow.studies.verdicts import VERDICTS
@@ -87,6 +88,9 @@ class StudyTask(TrainingTask):
             raise ConfigError("task.stages is empty: a study needs at least one stage")
         if t.report.layerwise not in t.stages:
             raise ConfigError(f"task.report.layerwise={t.report.layerwise!r} is not one of the stages: {', '.join(t.stages)}")
+        source = t.report.get("source", "summary")
+        if source not in ("summary", "callback"):
+            raise ConfigError(f"task.report.source={source!r}: valid: summary, callback")
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -100,18 +104,36 @@ class StudyTask(TrainingTask):
             raise
         return self.report(records)
 
+    def layers(self) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """The layer-wise table of the report's layer-wise stage and the compared models.
+
+        ``task.report.source``: ``summary`` reads an ``analysis=layerwise`` stage's ``layerwise_summary.csv``
+        (models: ``task.models``); ``callback`` reads a training stage's ``callbacks/layerwise.csv`` (models: its
+        evaluated epochs, the last one credited with the stage's final metrics).
+        """
+        t = self.cfg.task
+        stage = t.report.layerwise
+        if t.report.get("source", "summary") == "callback":
+            path = stage_dir(self.cfg, stage) / "callbacks" / "layerwise.csv"
+            if not path.is_file():
+                raise DataError(f"{path} is missing: stage {stage} ran without the layerwise callback "
+                                "(callbacks=[default,layerwise])")
+            layers = epoch_layers(path)
+            names = list(dict.fromkeys(layers.model))
+            return layers, [{"name": n, "stage": stage if n == names[-1] else None} for n in names]
+        summary = stage_dir(self.cfg, stage) / "layerwise_summary.csv"
+        if not summary.is_file():
+            raise DataError(f"{summary} is missing: the layer-wise stage {stage} wrote no summary")
+        return pd.read_csv(summary), OmegaConf.to_container(t.models, resolve=True)
+
     def report(self, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.task
         out = Path(cfg.paths.output_dir)
-        summary = stage_dir(cfg, t.report.layerwise) / "layerwise_summary.csv"
-        if not summary.is_file():
-            raise DataError(f"{summary} is missing: the layer-wise stage {t.report.layerwise} wrote no summary")
-        layers = pd.read_csv(summary)
+        layers, compared = self.layers()
         robustness = None
         if t.report.get("robustness"):
             robustness = pd.read_csv(stage_dir(cfg, t.report.robustness) / "robustness.csv")
-        models = model_table(OmegaConf.to_container(t.models, resolve=True), records, layers,
-                             dict(t.report.get("extras") or {}), robustness)
+        models = model_table(compared, records, layers, dict(t.report.get("extras") or {}), robustness)
         claims = OmegaConf.to_container(t.claims, resolve=True) if t.get("claims") else {}
         report = build_report(t.study, out, models, layers, claims, list(t.report.get("notes") or []),
                               OmegaConf.to_yaml(cfg, resolve=True))
