@@ -33,8 +33,10 @@ def _with_inplace(module: nn.Module) -> nn.Module:
     return other
 
 
-#: deeper variants of families covered by the default suite (resnet20, resnet18, vgg16) run as slow tests
-_DEEPER = {"resnet32", "resnet44", "resnet34", "vgg19"}
+#: the large or deeper variants of families covered by the default suite (resnet20, resnet18, vgg16, shapesvit,
+#: shapesnet_revised) run as slow tests; so do the 224 px transformers and ConvNeXt (minutes each on 2 cores)
+_DEEPER = {"resnet32", "resnet44", "resnet34", "vgg19", "vgg16_revised", "vgg19_revised", "vit_b_16", "vit_b_32",
+           "swin_t", "convnext_tiny"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _DEEPER else n

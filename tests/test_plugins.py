@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: every method of the project, by registry name
 ALL_METHODS = {"random", "occlusion-8", "occlusion-14", "gradient", "saliency", "smoothgrad", "integrated-gradients",
                "guided-backprop", "lrp-a1b0", "lrp-eps5", "gradcam", "guided-gradcam", "pattern-attribution", "iba",
-               "readout", "ground-truth"}
+               "readout", "ground-truth", "attention-rollout"}
 
 
 def test_importing_attribution_alone_registers_every_method_without_lightning() -> None:
