@@ -38,8 +38,10 @@ def test_importing_attribution_alone_registers_every_method_without_lightning() 
 
 def test_only_methods_that_estimate_from_data_require_fit() -> None:
     model = get_model("shapesnet", weights="none")
+    vit = get_model("shapesvit", weights="none")  # attention rollout exists for ViTs only
     fitted = {name for name in ALL_METHODS - {"readout"}
-              if METHODS.get(name)(model, **({"layer": "conv3"} if name == "iba" else {})).requires_fit}
+              if METHODS.get(name)(vit if name == "attention-rollout" else model,
+                                   **({"layer": "conv3"} if name == "iba" else {})).requires_fit}
     assert fitted == {"iba", "pattern-attribution"}
 
 
