@@ -22,12 +22,12 @@ from infoflow.data.base import ImageDataModule
 from infoflow.discarding import DecoderNet
 from infoflow.models.zoo import ZooModel
 from infoflow.tasks import TASKS
-from infoflow.tasks.common import save_weights
+from infoflow.tasks.common import StagedSteps, save_weights
 from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save
 
 
-class AutoEncoder(pl.LightningModule):
+class AutoEncoder(StagedSteps, pl.LightningModule):
     """The zoo network's feature at `layer` (N, C_f, H_f, W_f), decoded to the image (N, C, H, W), MSE, Adam."""
 
     def __init__(self, model: ZooModel, layer: str, mean, std, width: int = 64, num_blocks: int = 2,
@@ -73,15 +73,6 @@ class AutoEncoder(pl.LightningModule):
         loss = F.mse_loss(self(x), x * self.std + self.mean)
         self.log(f"{stage}/mse", loss, prog_bar=True, sync_dist=stage != "train")
         return loss
-
-    def training_step(self, batch: dict[str, torch.Tensor], _idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
-        self._step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -19,12 +19,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from infoflow.builders import build_model
 from infoflow.data.base import ImageDataModule
 from infoflow.tasks import TASKS
-from infoflow.tasks.common import save_weights
+from infoflow.tasks.common import StagedSteps, save_weights
 from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(StagedSteps, pl.LightningModule):
     """Cross-entropy training of `model` with Adam and a cosine learning-rate schedule.
 
     Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc`` (top-1).
@@ -50,15 +50,6 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=stage != "train")
         self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], prog_bar=True, on_step=False, on_epoch=True)
         return loss
-
-    def training_step(self, batch: dict[str, torch.Tensor], _idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
-        self._step(batch, "test")
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

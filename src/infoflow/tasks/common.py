@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from infoflow.errors import ConfigError
@@ -27,3 +28,19 @@ def save_weights(module: nn.Module, output_dir: str | Path) -> Path:
     path = atomic_save(module.state_dict(), Path(output_dir) / "model.pt")
     print(f"weights: {path}  (use weights={path})")
     return path
+
+
+class StagedSteps:
+    """Lightning's train/val/test steps as one ``_step(batch, stage)`` of the module (a mix-in)."""
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], _idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], _idx: int) -> None:
+        self._step(batch, "test")
