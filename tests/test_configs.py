@@ -135,3 +135,18 @@ def test_statistics_cached_for_the_default_weights_follow_their_version(monkeypa
     monkeypatch.setattr(shapes, "NOISE_STD", shapes.NOISE_STD + 0.01)
     assert len({before, after_recipe, weights_id("default")}) == 3
     assert weights_id("none") == "none"
+
+
+def test_default_weights_of_each_model_have_their_own_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shapesvit's default weights follow shapesvit's recipe, not shapesnet's; a model without default weights
+    keeps the plain name (building it refuses ``weights=default``)."""
+    from infoflow.builders import weights_id
+    from infoflow.models import pretrained
+    from infoflow.utils.cache import cache_key
+
+    net, vit = weights_id("default", "shapesnet"), weights_id("default", "shapesvit")
+    assert net != vit and vit == f"default-{pretrained.default_weights_version('shapesvit')}"
+    monkeypatch.setitem(pretrained.SHAPESVIT_RECIPE, "epochs", pretrained.SHAPESVIT_RECIPE["epochs"] + 1)
+    assert weights_id("default", "shapesvit") != vit and weights_id("default", "shapesnet") == net
+    assert cache_key("shapesvit", "default", "block3") != cache_key("shapesnet", "default", "block3")
+    assert weights_id("default", "vgg16") == "default"

@@ -96,9 +96,13 @@ def default_weights_version(model: str = "shapesnet") -> str:
     weights, so that they, and statistics cached for them, never outlive a change of the data or recipe."""
     from infoflow.data import shapes
 
+    if model not in DEFAULTS:
+        raise ValueError(f"model {model!r} has no default weights; models with them: {', '.join(DEFAULTS)}")
     recipe = DEFAULTS[model].recipe
     settings = [shapes.SHAPE_NAMES, shapes.OBJECT_SCALE, shapes.NUM_DISTRACTORS, shapes.MIN_CONTRAST,
                 shapes.NOISE_STD, shapes.BACKGROUND_RANGE, recipe]
+    if model != "shapesnet":  # shapesnet's version string predates the model name: keep its caches valid
+        settings.append(model)
     return f"v{recipe['version']}-{hashlib.sha1(repr(settings).encode()).hexdigest()[:8]}"
 
 

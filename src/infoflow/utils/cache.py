@@ -46,8 +46,9 @@ LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "persistent_
 #: but not what an image looks like: a trained readout stays valid for the same images when they change.
 SELECTION_KEYS = frozenset({"num_train", "num_val", "num_test", "val_path", "val_fraction", "bbox_dir"})
 
-#: named built-in weights -> function giving their current version (registered by their maker)
-WEIGHTS_VERSIONS: dict[str, Callable[[], str]] = {}
+#: named built-in weights -> function giving their current version for a zoo model name (registered by their
+#: maker); a model without such weights gets a ValueError
+WEIGHTS_VERSIONS: dict[str, Callable[[str], str]] = {}
 
 _CACHE_DIR: Path | None = None
 
@@ -128,12 +129,16 @@ def tensor_fingerprint(module: nn.Module) -> str:
     return sha.hexdigest()
 
 
-def weights_id(weights: str | Path) -> str:
-    """Identify weights: a registered name with its version (``default-v3-...``, see `WEIGHTS_VERSIONS`),
-    a checkpoint file by stem, resolved path, size and modification time, otherwise the name itself."""
+def weights_id(weights: str | Path, model: str = "shapesnet") -> str:
+    """Identify zoo `model`'s weights: a registered name with the model's version (``default-v3-...``, see
+    `WEIGHTS_VERSIONS`), a checkpoint file by stem, resolved path, size and modification time, otherwise the
+    name itself."""
     weights = str(weights)
     if weights in WEIGHTS_VERSIONS:
-        return f"{weights}-{WEIGHTS_VERSIONS[weights]()}"
+        try:
+            return f"{weights}-{WEIGHTS_VERSIONS[weights](model)}"
+        except (KeyError, ValueError):  # the model has no such weights: building it will say so
+            return weights
     path = Path(weights).expanduser()
     if path.is_file():
         st = path.stat()
@@ -157,7 +162,7 @@ def cache_key(
         data: data config (its `LOADER_KEYS` are ignored); None when the result does not depend on data.
         recipe: every other setting that changes the result (sample counts, input size, tau, ...).
     """
-    return digest({"model": model, "weights": weights_id(weights), "layer": layer,
+    return digest({"model": model, "weights": weights_id(weights, model), "layer": layer,
                    "data": data_signature(data), "recipe": _plain(dict(recipe or {}))})
 
 
