@@ -3,8 +3,10 @@
 Default: ResNet-50 at conv3_4 (torchvision `layer2`); ``--model vgg16 --layer conv4_1`` checks a network
 with an in-place ReLU right after the layer; ``--model vit_b_16 --layer block6`` a ViT's token map (its
 class token crosses the cut, so infoflow's tail reruns the network too, with the hook split; torchvision's
-zero-initialised ViT classifier is given random weights, else every gradient would vanish). 224x224 inputs, random weights (``--weights`` for trained
-ones), statistics from random images. The naive reference is done the way the reference library does it:
+zero-initialised ViT classifier is given random weights, else every gradient would vanish). 224x224 random
+inputs, random weights and statistics from random images by default; ``--data shapes --weights default``
+uses a network trained on the built-in data (e.g. ``--model resnet18 --image-size 128``) with shapes test
+images, their labels and statistics from shapes training images, which is where the bf16 fidelity counts. The naive reference is done the way the reference library does it:
 one image per call, the full network from the input at every step (a forward hook replaces the layer's
 output), weights not frozen, and the network's ReLUs in place as torchvision builds them. All use the same
 noise, so the fp32 heatmaps must agree with the reference up to floating-point rounding, and the bf16 ones
@@ -15,6 +17,7 @@ tail.
 
     python benchmarks/bench_per_sample.py [--model vgg16 --layer conv4_1] [--images 4] [--naive-images 2]
         [--steps 10 --copies 10] [--precisions 32 bf16] [--device cuda] [--repeats 2] [--compile]
+        [--data shapes --weights default --image-size 128]
 """
 
 from __future__ import annotations
@@ -27,11 +30,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from infoflow.data.shapes import ShapesDataModule, render_split
 from infoflow.iba.estimator import Estimator
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.reference import naive_per_sample
 from infoflow.models import get_model
 from infoflow.models.vit import TokenViT
+
+
+def shapes_normalise(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 shapes images -> float32 normalised as `ShapesDataModule` does."""
+    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -67,19 +78,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps (reference: 10)")
     parser.add_argument("--copies", type=int, default=10, help="noisy copies per step (reference: 10)")
     parser.add_argument("--precisions", nargs="+", default=["32", "bf16"])
+    parser.add_argument("--data", choices=["random", "shapes"], default="random",
+                        help="random images (speed), or shapes test images with their labels and statistics from "
+                             "shapes training images (fidelity of a model trained on them, e.g. --model resnet18 "
+                             "--weights default --image-size 128)")
+    parser.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the tail")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = get_model(args.model, args.weights)
-    if isinstance(model.module, TokenViT):
+    num_classes = 4 if args.data == "shapes" else None
+    side = args.image_size
+    model = get_model(args.model, args.weights, num_classes, None if side is None else (3, side, side))
+    if isinstance(model.module, TokenViT) and args.weights == "none":
         nn.init.normal_(model.module.heads.head.weight, std=0.02)
     model.module.to(device)
     size = model.input_size
-    images = torch.randn(max(args.images, args.naive_images), *size, device=device)
-    targets = torch.arange(images.shape[0], device=device) % model.num_classes
+    count = max(args.images, args.naive_images)
+    if args.data == "shapes":
+        test = render_split("test", count, size[1], 4, seed=0)
+        images, targets = shapes_normalise(test["image"]).to(device), test["label"].to(device)
+        statistics = shapes_normalise(render_split("train", 32, size[1], 4, seed=0)["image"]).to(device).split(8)
+    else:
+        images = torch.randn(count, *size, device=device)
+        targets = torch.arange(images.shape[0], device=device) % model.num_classes
+        statistics = [torch.randn(8, *size, device=device) for _ in range(4)]
 
     def make(precision: str) -> PerSampleIBA:
         return PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps,
@@ -88,15 +113,15 @@ def main() -> None:
     iba = make("32")
     with torch.no_grad():
         est = Estimator(tuple(iba.split.head(images[:1]).shape[1:])).to(device)
-        for _ in range(4):
-            est.update(iba.split.head(torch.randn(8, *size, device=device)))
+        for batch in statistics:
+            est.update(iba.split.head(batch))
     # the reference runs torchvision's network as built, in-place ReLUs included
     reference = copy.deepcopy(model.module)
     for m in reference.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = True
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {args.model} {args.layer} "
-          f"({iba.layer}), {size[1]}x{size[2]}, {args.steps} steps x {args.copies} copies, weights={args.weights}, "
+          f"({iba.layer}), {size[1]}x{size[2]} {args.data} images, {args.steps} steps x {args.copies} copies, weights={args.weights}, "
           f"best of {args.repeats}")
 
     def naive() -> torch.Tensor:

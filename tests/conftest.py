@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from infoflow.models.pretrained import default_weights_path
+from infoflow.models.pretrained import DEFAULTS, default_weights_path
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.utils.cache import cache_dir
 from infoflow.utils.plugins import name_plugins
@@ -29,15 +29,16 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every cache (default weights, estimators, delta_f², decoders) goes to a per-session temp dir, never to
     the user's cache. Session-scoped and autouse, so it is set before any module- or session-scoped fixture.
 
-    The default shapesnet weights (minutes to train) are copied from the user's cache when they are there
+    The default weights of shapesnet, shapesvit and resnet18 (minutes to train) are copied from the user's cache when they are there
     for the current version (read only; an empty cache, as in CI, trains them once per session).
     """
     user = cache_dir()
     cache = tmp_path_factory.getbasetemp() / "infoflow-cache"
     cache.mkdir(parents=True, exist_ok=True)
-    for trained in user.glob(default_weights_path("*", user).name):
-        if not (cache / trained.name).exists():
-            shutil.copyfile(trained, cache / trained.name)
+    for model in DEFAULTS:
+        for trained in user.glob(default_weights_path("*", user, model).name):
+            if not (cache / trained.name).exists():
+                shutil.copyfile(trained, cache / trained.name)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INFOFLOW_CACHE", str(cache))
         patch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))

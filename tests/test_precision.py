@@ -54,9 +54,7 @@ def shapes() -> dict[str, torch.Tensor]:
     """8 test images of the shapes data: ``x01`` in [0, 1], ``x`` normalised, ``label``, ``mask``, ``box``."""
     data = render_split("test", 8, 64, 4, seed=0)
     x01 = data["image"].float() / 255
-    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
-    return {**data, "x01": x01, "x": (x01 - mean) / std}
+    return {**data, "x01": x01, "x": normalise(x01)}
 
 
 # --- the setting ---------------------------------------------------------------------------------------
@@ -125,15 +123,21 @@ def _estimator(iba: PerSampleIBA, x: torch.Tensor) -> Estimator:
     return est
 
 
-@needs_bf16
-@pytest.mark.parametrize("layer", [pytest.param("conv2", marks=pytest.mark.slow), "conv3"])
-def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor], layer: str) -> None:
-    x, y, boxes = shapes["x"][:4], shapes["label"][:4], box_to_mask(shapes["box"][:4], 64, 64)
-    train = render_split("train", 64, 64, 4, seed=0)["image"].float() / 255
+def normalise(x01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def check_per_sample_bounds(model: ZooModel, layer: str, data: dict[str, torch.Tensor], size: int) -> None:
+    """Per-Sample heatmaps with bf16 network passes: Pearson >= 0.99 and total bits within 2 % per image,
+    bbox ratio within 0.01 of fp32 (same seed, estimator on 64 training images)."""
+    x, y, boxes = data["x"][:4], data["label"][:4], box_to_mask(data["box"][:4], size, size)
+    train = normalise(render_split("train", 64, size, 4, seed=0)["image"].float() / 255)
     results = {}
     for precision in ("32", "bf16"):
-        iba = PerSampleIBA(trained, layer, seed=0, steps=5, copies=5, precision=precision)
-        iba.set_estimator(_estimator(iba, (train - 0.5) / 0.25))
+        iba = PerSampleIBA(model, layer, seed=0, steps=5, copies=5, precision=precision)
+        iba.set_estimator(_estimator(iba, train))
         results[precision] = iba.explain(x, y)
     ref, low = results["32"], results["bf16"]
     assert low.heatmap.dtype == torch.float32 and low.capacity.dtype == torch.float32
@@ -148,22 +152,71 @@ def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tenso
     assert abs(ratios[0] - ratios[1]) <= 0.01
 
 
-@needs_bf16
-def test_metrics_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+def check_metric_bounds(model: ZooModel, data: dict[str, torch.Tensor], size: int, tile: int) -> None:
     """Degradation area and Sensitivity-n with bf16 perturbation passes within 0.01 of fp32."""
-    x, y = shapes["x"][:4], shapes["label"][:4]
-    maps = shapes["mask"][:4].float() + 0.1 * torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0))
+    x, y = data["x"][:4], data["label"][:4]
+    maps = data["mask"][:4].float() + 0.1 * torch.rand(4, size, size, generator=torch.Generator().manual_seed(0))
     out = {}
     for precision in ("32", "bf16"):
-        degradation = Degradation(trained.module.eval(), (64, 64), tile_size=8, num_points=17, precision=precision)
+        degradation = Degradation(model.module.eval(), (size, size), tile_size=tile, num_points=17,
+                                  precision=precision)
         degradation.update(x, y, maps)
-        sensitivity = SensitivityN(trained.module, (64, 64), tile_size=8, num_n=4, num_subsets=16,
+        sensitivity = SensitivityN(model.module, (size, size), tile_size=tile, num_n=4, num_subsets=16,
                                    precision=precision)
         sensitivity.update(x, y, maps)
         out[precision] = (degradation.compute().score, sensitivity.compute().correlation)
     assert degradation.precision == "bf16"
     assert abs(float(out["32"][0] - out["bf16"][0])) <= 0.01
     assert (out["32"][1] - out["bf16"][1]).abs().max() <= 0.01
+
+
+def check_sid_bounds(model: ZooModel, layers: list[str], x01: torch.Tensor) -> None:
+    """SID per layer with bf16 network passes: the layer's SID (nats per pixel) within 1 % of fp32, the
+    constraint still met on fresh draws."""
+    features = LayerFeatures(model.module, resolve_layers(model, layers), ShapesDataModule.mean,
+                             ShapesDataModule.std)
+    df2 = estimate_delta_f2(features, x01[:2], samples=4)
+    cfg = SIDConfig(steps=10, samples=2, eval_samples=32, max_eval_samples=256, tol=0.1)
+    results = {}
+    for precision in ("32", "bf16"):
+        features.precision = precision
+        results[precision] = compute_sid(features, x01[:1], df2, cfg)
+    ref, low = results["32"], results["bf16"]
+    assert low.converged.all() and ref.converged.all()
+    assert ((low.ratio_fresh - 1).abs() <= cfg.tol).all()
+    relative = ((low.per_pixel - ref.per_pixel) / ref.per_pixel).abs()  # (N, L)
+    assert (relative <= 0.01).all(), relative
+
+
+@needs_bf16
+@pytest.mark.parametrize("layer", [pytest.param("conv2", marks=pytest.mark.slow), "conv3"])
+def test_per_sample_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor], layer: str) -> None:
+    check_per_sample_bounds(trained, layer, shapes, 64)
+
+
+@needs_bf16
+def test_metrics_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+    check_metric_bounds(trained, shapes, 64, tile=8)
+
+
+@needs_bf16
+def test_sid_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
+    check_sid_bounds(trained, ["conv2", "conv4"], shapes["x01"])
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_bf16_bounds_on_a_trained_resnet18_at_128px() -> None:
+    """The same bounds on a larger trained network: torchvision's ResNet-18 trained on 128x128 shapes
+    (``weights=default``, trained on first use and cached; minutes on two cores)."""
+    model = get_model("resnet18", weights="default", num_classes=4, input_size=(3, 128, 128))
+    data = render_split("test", 8, 128, 4, seed=0)
+    data["x01"] = data["image"].float() / 255
+    data["x"] = normalise(data["x01"])
+    assert (model.module(data["x"]).argmax(1) == data["label"]).float().mean() >= 0.75  # really trained
+    check_per_sample_bounds(model, "conv3_2", data, 128)
+    check_metric_bounds(model, data, 128, tile=16)
+    check_sid_bounds(model, ["conv2_2", "conv4_2"], data["x01"])
 
 
 # --- Readout: inference and Lightning bf16-mixed training -----------------------------------------------
@@ -210,26 +263,6 @@ def test_train_config_precision_reaches_the_lightning_trainer(tmp_path: Path) ->
 
 
 # --- SID -------------------------------------------------------------------------------------------------
-
-
-@needs_bf16
-def test_sid_bf16_bounds(trained: ZooModel, shapes: dict[str, torch.Tensor]) -> None:
-    """SID per conv layer with bf16 network passes: the layer's SID (nats per pixel) within 1 % of fp32, the
-    constraint still met on fresh draws."""
-    x01 = shapes["x01"][:1]
-    features = LayerFeatures(trained.module, resolve_layers(trained, ["conv2", "conv4"]), ShapesDataModule.mean,
-                             ShapesDataModule.std)
-    df2 = estimate_delta_f2(features, shapes["x01"][:2], samples=4)
-    cfg = SIDConfig(steps=10, samples=2, eval_samples=32, max_eval_samples=256, tol=0.1)
-    results = {}
-    for precision in ("32", "bf16"):
-        features.precision = precision
-        results[precision] = compute_sid(features, x01, df2, cfg)
-    ref, low = results["32"], results["bf16"]
-    assert low.converged.all() and ref.converged.all()
-    assert ((low.ratio_fresh - 1).abs() <= cfg.tol).all()
-    relative = ((low.per_pixel - ref.per_pixel) / ref.per_pixel).abs()  # (N, L)
-    assert (relative <= 0.01).all(), relative
 
 
 def test_sid_schedules_chunk_the_elements() -> None:

@@ -27,8 +27,13 @@ from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
 #: threads: CPU threads for training; the weights' bits depend on it (how reductions are split), so it is fixed.
 SHAPESNET_RECIPE = {"version": 4, "epochs": 12, "lr": 4e-3, "seed": 0, "batch_size": 64, "num_empty": 1000,
                     "threads": 2}
-SHAPESVIT_RECIPE = {"version": 1, "epochs": 30, "lr": 2e-3, "seed": 0, "batch_size": 64, "weight_decay": 0.05,
-                    "num_empty": 1000, "threads": 2}
+SHAPESVIT_RECIPE = {"version": 2, "epochs": 25, "lr": 2e-3, "seed": 0, "batch_size": 64, "num_empty": 1000,
+                    "threads": 2}
+
+#: a larger trained network for the precision bounds (`tests/test_precision.py`, the benchmarks): torchvision's
+#: ResNet-18 on 128x128 shapes images
+RESNET18_SHAPES_RECIPE = {"version": 1, "epochs": 6, "lr": 2e-3, "seed": 0, "batch_size": 64, "num_empty": 1000,
+                          "threads": 2, "image_size": 128}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class DefaultWeights:
 DEFAULTS: dict[str, DefaultWeights] = {
     "shapesnet": DefaultWeights("infoflow.tasks.default_weights:train_shapesnet", SHAPESNET_RECIPE),
     "shapesvit": DefaultWeights("infoflow.tasks.default_weights:train_shapesvit", SHAPESVIT_RECIPE),
+    "resnet18": DefaultWeights("infoflow.tasks.default_weights:train_resnet18", RESNET18_SHAPES_RECIPE),
 }
 
 

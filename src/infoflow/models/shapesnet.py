@@ -9,7 +9,8 @@ from infoflow.models.entry import MODELS, ModelEntry
 from infoflow.models.layers import shapesnet_layers
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv (padding 1, no bias), batch norm, ReLU: (N, cin, H, W) -> (N, cout, H, W)."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
@@ -21,13 +22,13 @@ class ShapesNet(nn.Module):
 
     def __init__(self, num_classes: int = 4, widths: tuple[int, ...] = (16, 32, 64, 64)) -> None:
         super().__init__()
-        self.conv1 = _block(3, widths[0])
+        self.conv1 = conv_bn_relu(3, widths[0])
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = _block(widths[0], widths[1])
+        self.conv2 = conv_bn_relu(widths[0], widths[1])
         self.pool2 = nn.MaxPool2d(2)
-        self.conv3 = _block(widths[1], widths[2])
+        self.conv3 = conv_bn_relu(widths[1], widths[2])
         self.pool3 = nn.MaxPool2d(2)
-        self.conv4 = _block(widths[2], widths[3])
+        self.conv4 = conv_bn_relu(widths[2], widths[3])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
 

@@ -16,6 +16,7 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTran
 from torchvision.models.vision_transformer import VisionTransformer
 
 from infoflow.errors import ConfigError
+from infoflow.models.shapesnet import conv_bn_relu
 from infoflow.models.tokens import ChannelsFirst, TokenMap, channels_last, with_patch_tokens
 
 
@@ -83,9 +84,23 @@ class TokenSwin(nn.Module):
 
 
 def shapesvit(num_classes: int = 4, image_size: int = 64) -> TokenViT:
-    """The built-in ViT for the `shapes` data: 8x8 patches (an 8x8 grid at 64x64), 6 blocks, width 64."""
-    return TokenViT(VisionTransformer(image_size=image_size, patch_size=8, num_layers=6, num_heads=4,
-                                      hidden_dim=64, mlp_dim=128, num_classes=num_classes))
+    """The built-in ViT for the `shapes` data: a hybrid ViT (Dosovitskiy et al. 2021, sec. 3.1), 6 blocks of
+    width 64 with a class token, on an 8x8 patch grid at 64x64.
+
+    Its patch embedding is a convolutional stem (ShapesNet's first three conv-BN-ReLU blocks, each followed by
+    2x2 max-pooling, then a 1x1 projection): an effective patch size of 8 whose tokens see 22x22 pixels.
+    A plain ViT with a linear 8x8 patch embedding stays at chance on the 5000 training images (tried: learning
+    rates 1e-4..3e-3, widths 64/128, patch 4, mean pooling, a ShapesNet teacher, 30 epochs); with this stem it
+    trains in a few CPU minutes. Everything after the stem is torchvision's `VisionTransformer`.
+    """
+    hidden_dim, widths = 64, (16, 32, 64)
+    vit = VisionTransformer(image_size=image_size, patch_size=8, num_layers=6, num_heads=4,
+                            hidden_dim=hidden_dim, mlp_dim=2 * hidden_dim, num_classes=num_classes)
+    stem: list[nn.Module] = []
+    for cin, cout in zip((3, *widths[:-1]), widths, strict=True):
+        stem += [*conv_bn_relu(cin, cout), nn.MaxPool2d(2)]
+    vit.conv_proj = nn.Sequential(*stem, nn.Conv2d(widths[-1], hidden_dim, 1))
+    return TokenViT(vit)
 
 
 def is_transformer(module: nn.Module) -> bool:

@@ -3,7 +3,8 @@
 Weights are one of
 - ``"none"``: random initialisation;
 - a torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), fetched the torchvision way;
-- ``"default"`` for ``shapesnet`` and ``shapesvit``: trained on the built-in ``shapes`` data on first use and cached;
+- ``"default"`` for ``shapesnet``, ``shapesvit`` and ``resnet18`` (at 128x128): trained on the built-in ``shapes``
+  data on first use and cached (`infoflow.models.pretrained.DEFAULTS`);
 - a path to a local checkpoint (a ``state_dict``, or a Lightning checkpoint), loaded with ``weights_only=True``.
 
 Every model is built with its in-place modules switched off (`infoflow.models.inplace`): same outputs, and

@@ -21,7 +21,7 @@ def train_default(model: str, num_classes: int, **overrides) -> dict[str, torch.
     recipe = {**DEFAULTS[model].recipe, **overrides}
     make_deterministic(recipe["seed"])
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"],
-                            num_empty=recipe.get("num_empty", 0))
+                            num_empty=recipe.get("num_empty", 0), image_size=recipe.get("image_size", 64))
     network = MODELS.get(model)().build(num_classes)
     extra = {"weight_decay": recipe["weight_decay"]} if "weight_decay" in recipe else {}
     module = ClassifierModule(network, num_classes, lr=recipe["lr"], **extra)
@@ -50,3 +50,8 @@ def train_shapesnet(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
 def train_shapesvit(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
     """The default ShapesViT weights (`train_default`)."""
     return train_default("shapesvit", num_classes, **overrides)
+
+
+def train_resnet18(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
+    """torchvision's ResNet-18 trained on 128x128 shapes images (`train_default`): ``weights=default``."""
+    return train_default("resnet18", num_classes, **overrides)
