@@ -48,15 +48,26 @@ def _cfg(*overrides: str) -> DictConfig:
     return cfg
 
 
-def test_every_method_config_composes_and_builds() -> None:
-    cfg = _cfg("weights=none", "data.num_train=16", "data.num_test=8", "data.batch_size=8",
+#: rows that apply only to CNNs (no sound rule for attention) and only to ViTs
+CNN_ONLY, VIT_ONLY = {"lrp-a1b0", "lrp-eps5", "pattern-attribution"}, {"attention-rollout"}
+
+
+@pytest.mark.parametrize("model_name", ["shapesnet", "shapesvit"])
+def test_every_method_config_composes_and_builds(model_name: str) -> None:
+    """Every row that applies to the model builds and gives finite maps; the others are left out with their
+    reason (LRP and PatternAttribution on a transformer, attention rollout on a CNN)."""
+    cfg = _cfg(f"model={model_name}", "weights=none", "data.num_train=16", "data.num_test=8", "data.batch_size=8",
                "analysis.rows.iba-beta1.estimator_samples=16", "analysis.rows.iba-beta10.estimator_samples=16",
                "analysis.rows.iba-beta100.estimator_samples=16")
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
-    rows = row_configs(cfg, dm)
+    skipped: dict[str, str] = {}
+    rows = row_configs(cfg, dm, model, skipped)
     assert "readout" not in rows  # needs readout_ckpt
-    assert {"random", "occlusion-8x8", "lrp-eps5", "pattern-attribution", "iba-beta100", "ground-truth"} <= set(rows)
+    assert {"random", "occlusion-8x8", "gradcam", "iba-beta100", "ground-truth"} <= set(rows)
+    left_out = CNN_ONLY if model_name == "shapesvit" else VIT_ONLY
+    assert set(skipped) == left_out and not left_out & set(rows) and (CNN_ONLY | VIT_ONLY) - left_out <= set(rows)
+    assert all(("transformer" if model_name == "shapesvit" else "needs a ViT") in r for r in skipped.values())
     assert rows["iba-beta1"].method.beta == 1 and rows["iba-beta100"].method.beta == 100
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))

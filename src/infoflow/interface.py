@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
 from infoflow.registry import Registry
 from infoflow.utils.validation import as_target
@@ -34,7 +35,16 @@ class Attribution:
     images_only: bool = True
 
     def __init__(self, model: ZooModel) -> None:
+        reason = self.unsupported(model)
+        if reason is not None:
+            raise ConfigError(reason)
         self.model = model
+
+    @classmethod
+    def unsupported(cls, model: ZooModel) -> str | None:
+        """Why this method cannot explain `model` (e.g. LRP on a transformer), or None if it can. The
+        constructor raises a `ConfigError` with it; Table 1 leaves such rows out and says why."""
+        return None
 
     def fit(self, dataloader: Iterable[dict[str, torch.Tensor]]) -> Attribution:
         """Fit whatever the method estimates from data (IBA's feature statistics, PatternAttribution's
@@ -89,3 +99,10 @@ def empty_maps(inputs: torch.Tensor) -> torch.Tensor:
 
 #: attribution methods by name: ``METHODS.get(name)(model, **kwargs) -> Attribution``
 METHODS: Registry[Any] = Registry("method")
+
+
+def unsupported(method: str, model: ZooModel) -> str | None:
+    """Why registered `method` cannot explain `model` (`Attribution.unsupported` of its class), or None."""
+    factory = METHODS.get(method)
+    check = getattr(getattr(factory, "func", factory), "unsupported", None)  # presets are partials
+    return None if check is None else check(model)

@@ -35,18 +35,21 @@ from infoflow.analyses.common import evaluation_batches, log_results, output_dir
 from infoflow.analyses.sharded_images import evaluation_loader
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.data.base import ImageDataModule
-from infoflow.interface import Attribution
+from infoflow.interface import Attribution, unsupported
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.tables import print_table, write_markdown
 from infoflow.viz import plot_curves, plot_grid
 
 
-def row_configs(cfg: DictConfig, dm: ImageDataModule) -> dict[str, DictConfig]:
+def row_configs(cfg: DictConfig, dm: ImageDataModule, model: ZooModel | None = None,
+                skipped: dict[str, str] | None = None) -> dict[str, DictConfig]:
     """Run configs (``cfg`` with its ``method`` replaced) for each row of ``analysis.rows`` that applies.
 
     The rows' method configs are composed with the run (the ``defaults`` of ``conf/analysis/table1.yaml``).
     ``analysis.only`` (if set) selects rows; a row with ``requires: KEY`` runs only when ``cfg.KEY`` is set;
-    the ground-truth oracle only when the data has its mask."""
+    the ground-truth oracle only when the data has its mask; a method that cannot explain `model`
+    (`Attribution.unsupported`: LRP on a transformer, attention rollout on a CNN) is left out, with its
+    reason in `skipped` (row label -> reason)."""
     out = {}
     for label, row in cfg.analysis.rows.items():
         if cfg.analysis.only is not None and label not in cfg.analysis.only:
@@ -58,6 +61,11 @@ def row_configs(cfg: DictConfig, dm: ImageDataModule) -> dict[str, DictConfig]:
             continue
         key = method.get("key")
         if method.name == "ground-truth" and not (dm.has_masks if key == "mask" else dm.has_boxes):
+            continue
+        reason = None if model is None else unsupported(method.name, model)
+        if reason is not None:
+            if skipped is not None:
+                skipped[str(label)] = reason
             continue
         run = cfg.copy()
         OmegaConf.set_struct(run, False)
@@ -107,7 +115,10 @@ def _settings(cfg: DictConfig, model: ZooModel) -> MetricSettings:
 def run(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
-    rows = row_configs(cfg, dm)
+    skipped: dict[str, str] = {}
+    rows = row_configs(cfg, dm, model, skipped)
+    for label, reason in skipped.items():
+        print(f"table1: row {label} left out: {reason}")
     settings = _settings(cfg, model)
     module = AttributionEvaluation(
         model, list(rows), _method_factory(rows, dm, cfg.analysis.sanity.method_overrides), settings,
@@ -119,10 +130,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, dataloaders=evaluation_loader(dm, cfg.analysis.num_images), verbose=False)
     if not trainer.is_global_zero:
         return {}
-    return write_results(cfg, dm, module)
+    return write_results(cfg, dm, module, sorted(skipped))
 
 
-def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvaluation) -> dict[str, Any]:
+def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvaluation,
+                  skipped: list[str] | None = None) -> dict[str, Any]:
     """Tables, curves and the heatmap grid from `module.results` (rank 0)."""
     out, prov, res = output_dir(cfg), provenance(cfg), module.results
     tag = cfg.model.name
@@ -164,7 +176,9 @@ def write_results(cfg: DictConfig, dm: ImageDataModule, module: AttributionEvalu
             f"test images of `{cfg.data._target_.rsplit('.', 1)[-1]}`, model `{cfg.model.name}` "
             f"(weights `{cfg.weights}`). ↑/↓: higher/lower is better. Insertion/deletion, ROAD, infidelity and "
             f"max-sensitivity on the first {a.subset_images} images, random-logit SSIM on the first "
-            f"{a.sanity.num_images}. Config: `config.yaml`.")
+            f"{a.sanity.num_images}. Config: `config.yaml`."
+            + (f" Rows left out (the method does not apply to this model): {', '.join(skipped)}."
+               if skipped else ""))
     write_markdown(table_df, out / "table1.md", "Table 1", note)
     print_table(table_df, "Table 1")
     figures = plot_all(cfg, curves_df, out, prov) + [heatmap_grid(dm, module, out, prov)]

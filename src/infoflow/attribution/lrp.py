@@ -26,7 +26,7 @@ from zennit.types import Linear as LinearLike
 from infoflow.attribution.baselines import FrozenAttribution
 from infoflow.interface import METHODS
 from infoflow.models.cifar_resnet import BasicBlock
-from infoflow.models.vit import reject_transformer
+from infoflow.models.vit import transformer_reason
 from infoflow.models.zoo import ZooModel
 
 Bound = float | Sequence[float] | None
@@ -90,6 +90,10 @@ class LRP(FrozenAttribution):
     #: the rules' stabilisers and relevance conservation need fp32
     supports_bf16 = False
 
+    @classmethod
+    def unsupported(cls, model: ZooModel) -> str | None:
+        return transformer_reason(model.module, "LRP", model.name)
+
     def __init__(
         self,
         model: ZooModel,
@@ -100,7 +104,6 @@ class LRP(FrozenAttribution):
         **rule_kwargs: float,
     ) -> None:
         super().__init__(model)
-        reject_transformer(model.module, "LRP", model.name)
         rules: dict[str, type[Hook]] = {"alpha-beta": AlphaBeta, "epsilon": Epsilon}
         if rule not in rules:
             raise ValueError(f"unknown LRP rule {rule!r}; valid: {', '.join(rules)}")

@@ -30,7 +30,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 
 from infoflow.attribution.baselines import FrozenAttribution, reduce_channels
 from infoflow.interface import METHODS
-from infoflow.models.vit import reject_transformer
+from infoflow.models.vit import transformer_reason
 from infoflow.models.zoo import ZooModel
 
 SUPPORTED = "sequential Conv2d/Linear (+BatchNorm) / ReLU / pooling networks: VGG, AlexNet, ShapesNet"
@@ -158,10 +158,13 @@ class PatternAttribution(FrozenAttribution):
     #: the patterns are fitted in float64 and applied by a custom signal backward: fp32 only
     supports_bf16 = False
 
+    @classmethod
+    def unsupported(cls, model: ZooModel) -> str | None:
+        return transformer_reason(model.module, "PatternAttribution", model.name)
+
     def __init__(self, model: ZooModel, max_batches: int | None = None) -> None:
         super().__init__(model)
         self.max_batches = max_batches
-        reject_transformer(model.module, "PatternAttribution", model.name)
         self.chain = build_chain(model)  # raises NotImplementedError early for unsupported models
         self.fitted = False
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoflow.attribution.baselines import FrozenAttribution
-from infoflow.errors import ConfigError
 from infoflow.interface import METHODS
 from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel
@@ -42,12 +41,13 @@ class AttentionRollout(FrozenAttribution):
 
     def __init__(self, model: ZooModel) -> None:
         super().__init__(model)
-        if not isinstance(model.module, TokenViT):
-            raise ConfigError(
-                f"attention-rollout needs a ViT with a class token (vit_b_16, vit_b_32, shapesvit); "
-                f"{model.name!r} is not one"
-            )
         self.vit = model.module
+
+    @classmethod
+    def unsupported(cls, model: ZooModel) -> str | None:
+        if isinstance(model.module, TokenViT):
+            return None
+        return f"attention-rollout needs a ViT with a class token (vit_b_16, vit_b_32, shapesvit); {model.name!r} is not one"
 
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         blocks = list(self.vit.encoder.layers)

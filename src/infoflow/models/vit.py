@@ -15,7 +15,6 @@ from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
-from infoflow.errors import ConfigError
 from infoflow.models.shapesnet import conv_bn_relu
 from infoflow.models.tokens import ChannelsFirst, TokenMap, channels_last, with_patch_tokens
 
@@ -108,11 +107,10 @@ def is_transformer(module: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention | ShiftedWindowAttention) for m in module.modules())
 
 
-def reject_transformer(module: nn.Module, method: str, model_name: str) -> None:
-    """Raise a `ConfigError` if `module` is a transformer: `method` has no sound rule for attention."""
-    if is_transformer(module):
-        raise ConfigError(
-            f"{method} has no sound rule set for attention layers, and {model_name!r} is a transformer; on "
+def transformer_reason(module: nn.Module, method: str, model_name: str) -> str | None:
+    """Why `method` (which has no sound rule for attention) cannot explain `module`, if it is a transformer."""
+    if not is_transformer(module):
+        return None
+    return (f"{method} has no sound rule set for attention layers, and {model_name!r} is a transformer; on "
             "transformers use iba, readout, gradient, saliency, smoothgrad, integrated-gradients, guided-backprop, "
-            "gradcam, guided-gradcam, occlusion-8/14 or attention-rollout (ViT)"
-        )
+            "gradcam, guided-gradcam, occlusion-8/14 or attention-rollout (ViT)")
