@@ -246,3 +246,21 @@ def test_ru_decoders_upsample_from_the_patch_grid() -> None:
     swin, _ = tiny_swin()  # a 4x4 stage-2 grid under 32x32 images
     grid = SplitModel(swin.module, swin.layer_path("stage2")).head(torch.randn(2, 3, 32, 32)).detach()
     assert DecoderNet(grid.shape[1:], (3, 32, 32))(grid).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("make", [tiny_vit, tiny_swin], ids=["vit", "swin"])
+def test_sanity_cascade_randomises_the_block_behind_each_token_layer(make) -> None:
+    """The token-map layers have no parameters: the randomisation sanity check re-initialises the block
+    that computes each of them, top down, and nothing below it."""
+    from infoflow.metrics.sanity import cascading_randomization
+
+    model, _ = make()
+    layers = [name for name in model.layers if name != "fc"]
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    for name, randomized in cascading_randomization(model, layers, seed=0):
+        owner = model.parameter_path(name)
+        assert owner != model.layer_path(name)
+        changed = {k for k, v in randomized.module.state_dict().items() if not torch.equal(v, before[k])}
+        assert any(k.startswith(owner + ".") for k in changed), name
+        below = {model.parameter_path(b) for b in layers[: layers.index(name)]} - {owner}  # Swin: stageS aliases
+        assert not any(k.startswith(path + ".") for path in below for k in changed), name

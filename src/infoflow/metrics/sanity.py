@@ -121,7 +121,8 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
 
     Args:
         model: an nn.Module, or a ZooModel (then `layers` may use the papers' layer names).
-        layers: module paths of the parameterised layers (or blocks) in forward order.
+        layers: module paths of the parameterised layers (or blocks) in forward order; for a ZooModel also
+            layer names (a transformer's token-map layer randomises the block that computes it).
         seed: the re-initialisation of step i is seeded with seed + i (global RNG state is restored).
     Yields:
         (layer, randomised copy) after re-initialising `layer` and every layer after it. The same copy is
@@ -130,7 +131,7 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
     """
     randomized = copy.deepcopy(model)
     module = randomized.module if isinstance(randomized, ZooModel) else randomized
-    paths = [randomized.layer_path(name) if isinstance(randomized, ZooModel) else name for name in layers]
+    paths = [randomized.parameter_path(name) if isinstance(randomized, ZooModel) else name for name in layers]
     cuda = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
     for step, (name, path) in enumerate(zip(reversed(layers), reversed(paths), strict=True)):
         target = module.get_submodule(path)

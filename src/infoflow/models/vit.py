@@ -40,6 +40,10 @@ class TokenViT(nn.Module):
         for name in self.block_names:
             self.add_module(name, TokenMap(grid, num_prefix))
         self.heads = vit.heads  # registered last: named_modules() lists the layers in forward order
+        #: adapter name -> module path of the parameters computing it (e.g. for the randomisation sanity check)
+        self.parameter_paths = {"embed": "conv_proj", **{
+            name: f"encoder.layers.{child}" for name, (child, _) in
+            zip(self.block_names, self.encoder.layers.named_children(), strict=True)}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
@@ -68,6 +72,10 @@ class TokenSwin(nn.Module):
             self.stage_names.append([f"stage{s + 1}_{b + 1}" for b in range(len(stage))])
             for name in self.stage_names[-1]:
                 self.add_module(name, ChannelsFirst())
+        #: adapter name -> module path of the parameters computing it (see `TokenViT.parameter_paths`)
+        self.parameter_paths = {"embed": "features.0", **{
+            name: f"features.{2 * s + 1}.{b}" for s, names in enumerate(self.stage_names)
+            for b, name in enumerate(names)}}
         # registered last: named_modules() lists the layers in forward order
         self.norm, self.permute, self.avgpool, self.flatten, self.head = (
             swin.norm, swin.permute, swin.avgpool, swin.flatten, swin.head)

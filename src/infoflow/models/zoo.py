@@ -112,6 +112,12 @@ class ZooModel:
             " (a module path such as one of model.named_modules() is accepted too)"
         )
 
+    def parameter_path(self, layer: str) -> str:
+        """Module path of the parameters that compute `layer`: the layer's own path, except for a transformer's
+        parameter-free token-map adapters (``block3`` -> its encoder block; see `TokenViT.parameter_paths`)."""
+        path = self.layer_path(layer)
+        return getattr(self.module, "parameter_paths", {}).get(path, path)
+
     def layer_module(self, layer: str) -> nn.Module:
         return self.module.get_submodule(self.layer_path(layer))
 
