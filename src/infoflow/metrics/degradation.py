@@ -12,12 +12,13 @@ from infoflow.metrics.perturb import (
     Classifier,
     check_batch,
     classifier_device,
+    perturbation_network,
     resolve_classifier,
     run_perturbations,
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
-from infoflow.utils.precision import fp32_linear, resolve_precision
+from infoflow.utils.precision import resolve_precision
 
 
 class DegradationResult(NamedTuple):
@@ -165,11 +166,12 @@ def degradation_curves(
         removed = position[order_of[j], i] < step_of[j].unsqueeze(1)  # (B, num_tiles)
         return torch.where(removed[:, pixel_tiles].unsqueeze(1), means[i], images[i])
 
-    def forward(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(model(batch).double(), dim=1)
-        return torch.stack([probs.gather(1, target[i, None]).squeeze(1), probs.amax(dim=1)], dim=1)
+    with perturbation_network(model, precision, images[:1]) as net:
 
-    with fp32_linear(model if precision != "32" else None):
+        def forward(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(net(batch).double(), dim=1)
+            return torch.stack([probs.gather(1, target[i, None]).squeeze(1), probs.amax(dim=1)], dim=1)
+
         values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision)
     prob, top1 = values[..., 0], values[:, 0, 1]
     ends = prob[:, :1], prob[:, 1:2]

@@ -1,22 +1,24 @@
 """What the perturbation metrics share: the classifier they run, input checks, and the chunked runner.
 
 Precision: with ``precision="bf16"`` (`infoflow.utils.precision`) only the classifier's passes on the
-perturbed images run under autocast, except its Linear layers (the logit head: the metrics wrap their
-passes in `fp32_linear`, as bf16 logits are too coarse for small logit differences); the perturbed images are built in fp32 and the outputs
+perturbed images run in bf16, on a prepared copy of the network (`perturbation_network`: batch norms folded,
+bf16 weights, channels-last), except its Linear layers (the logit head stays fp32 and runs outside autocast,
+as bf16 logits are too coarse for small logit differences); the perturbed images are built in fp32 and the outputs
 (logits, probabilities) are taken in float64 by the metrics, so curves, areas and correlations are
 float64 sums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.precision import autocast
+from infoflow.utils.precision import autocast, fp32_linear, prepare_network
 from infoflow.utils.validation import as_target
 
 #: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
@@ -63,6 +65,26 @@ def check_maps(maps: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"expected attribution maps of shape {tuple(shape)}, got {tuple(maps.shape)}")
     if maps.is_floating_point() and not torch.isfinite(maps).all():
         raise ValueError("attribution maps contain NaN or infinite values")
+
+
+@contextlib.contextmanager
+def perturbation_network(
+    model: Callable[[torch.Tensor], torch.Tensor], precision: str, example: torch.Tensor
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """The classifier as the perturbation passes run it (under `run_perturbations`' autocast).
+
+    fp32: `model` itself. A reduced `precision` (resolved): for an `nn.Module`, a copy prepared for it by
+    `prepare_network` (batch norms folded, reduced-precision weights, channels-last) whose Linear layers
+    keep fp32 weights and run outside autocast (`fp32_linear`); it is made anew for every call, so it
+    follows the weights of `model`. `example`: a probe input (1, C, H, W) on the model's device.
+    """
+    if precision == "32" or not isinstance(model, nn.Module):
+        yield model
+        return
+    with torch.no_grad():
+        net = prepare_network(model, precision, example, fp32_modules=(nn.Linear,))
+    with fp32_linear(net):
+        yield net
 
 
 @torch.no_grad()

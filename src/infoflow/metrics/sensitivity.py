@@ -13,12 +13,13 @@ from infoflow.metrics.perturb import (
     Classifier,
     check_batch,
     classifier_device,
+    perturbation_network,
     resolve_classifier,
     run_perturbations,
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
-from infoflow.utils.precision import fp32_linear, resolve_precision
+from infoflow.utils.precision import resolve_precision
 
 
 class SensitivityNResult(NamedTuple):
@@ -191,14 +192,15 @@ def logit_drops(
     flat = subsets.view(k * s, total)
     pixel_tiles = grid.pixel_tiles(device)
 
-    def logit(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return model(batch).double().gather(1, target[i, None]).squeeze(1)
-
     def build(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         removed = flat[j][:, pixel_tiles].unsqueeze(1)  # (B, 1, H, W)
         return images[i].masked_fill(removed, 0)
 
-    with fp32_linear(model if precision != "32" else None):
+    with perturbation_network(model, precision, images[:1]) as net:
+
+        def logit(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+            return net(batch).double().gather(1, target[i, None]).squeeze(1)
+
         base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision)  # (N, 1)
         drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision)
     return drops.view(n, k, s)

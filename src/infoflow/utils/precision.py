@@ -150,15 +150,20 @@ def lightning_precision(value: object, accelerator: str | None = "cpu") -> str:
     return _LIGHTNING[resolve_precision(value, kind)]
 
 
-def prepare_network(module: nn.Module, precision: str, example: torch.Tensor) -> nn.Module:
+def prepare_network(module: nn.Module, precision: str, example: torch.Tensor,
+                    fp32_modules: tuple[type[nn.Module], ...] = ()) -> nn.Module:
     """A frozen copy of `module` for passes in `precision` (resolved): batch norms folded, weights in the
     reduced dtype, channels-last; `module` itself unchanged. Run it under `autocast` (which casts its fp32
     inputs). For ``32`` the module itself is returned (exact fp32 results).
 
     `example`: a probe input (1, C, H, W) on the module's device. The copy does not follow later changes
-    of `module`'s weights.
+    of `module`'s weights. Modules of the types `fp32_modules` keep fp32 weights (the metrics' logit head).
     """
     if precision == "32":
         return module
     net = fold_batchnorm(module, example).requires_grad_(False)
-    return net.to(dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    net = net.to(dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    for m in net.modules():
+        if isinstance(m, fp32_modules):
+            m.float()
+    return net
