@@ -34,7 +34,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 
-## Every benchmark, one after another (about 5 minutes on two CPU cores); each prints its ratios.
+## Every benchmark, one after another, each printing its ratios (tens of minutes on two CPU cores; the first
+## run of bench_precision_bounds.py also trains the ResNet-18 on 128 px shapes, about 20 minutes).
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

@@ -264,3 +264,31 @@ def test_sanity_cascade_randomises_the_block_behind_each_token_layer(make) -> No
         assert any(k.startswith(owner + ".") for k in changed), name
         below = {model.parameter_path(b) for b in layers[: layers.index(name)]} - {owner}  # Swin: stageS aliases
         assert not any(k.startswith(path + ".") for path in below for k in changed), name
+
+
+@pytest.mark.parametrize("make", [tiny_vit, tiny_swin], ids=["vit", "swin"])
+def test_bf16_per_sample_and_metrics_run_on_transformers(make) -> None:
+    """bf16 on a transformer: the prepared copy keeps its LayerNorms in fp32 (autocast runs them in fp32),
+    so the Per-Sample fit and the perturbation metrics run and agree with fp32 (random weights: a loose bound)."""
+    from infoflow.metrics.degradation import Degradation
+    from infoflow.utils import precision as P
+
+    if not P.is_supported("bf16", "cpu"):
+        pytest.skip("this CPU has no native bf16")
+    model, _ = make()
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    layer = "block1" if make is tiny_vit else "stage1_1"
+    maps, areas = {}, {}
+    for precision in ("32", "bf16"):
+        iba = PerSampleIBA(model, layer, seed=0, steps=3, copies=2, precision=precision)
+        iba.fit([{"image": torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))}])
+        maps[precision] = iba.attribute(x, y)
+        metric = Degradation(model.module, (32, 32), tile_size=8, num_points=5, precision=precision)
+        metric.update(x, y, maps["32"])
+        areas[precision] = float(metric.compute().score)
+    assert maps["bf16"].dtype == torch.float32 and torch.isfinite(maps["bf16"]).all()
+    assert not torch.equal(maps["32"], maps["bf16"])
+    a, b = maps["32"].flatten(1), maps["bf16"].flatten(1)
+    assert (F.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)) > 0.9).all()
+    assert abs(areas["32"] - areas["bf16"]) < 0.05

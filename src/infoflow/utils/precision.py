@@ -157,13 +157,14 @@ def prepare_network(module: nn.Module, precision: str, example: torch.Tensor,
     inputs). For ``32`` the module itself is returned (exact fp32 results).
 
     `example`: a probe input (1, C, H, W) on the module's device. The copy does not follow later changes
-    of `module`'s weights. Modules of the types `fp32_modules` keep fp32 weights (the metrics' logit head).
+    of `module`'s weights. Normalisation layers (LayerNorm, GroupNorm: autocast runs them in fp32, which
+    needs fp32 parameters) and modules of the types `fp32_modules` (the metrics' logit head) keep fp32 weights.
     """
     if precision == "32":
         return module
     net = fold_batchnorm(module, example).requires_grad_(False)
     net = net.to(dtype=_DTYPES[precision], memory_format=torch.channels_last)
     for m in net.modules():
-        if isinstance(m, fp32_modules):
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, *fp32_modules)):
             m.float()
     return net
