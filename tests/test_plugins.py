@@ -103,7 +103,8 @@ def test_plugins_are_named_by_their_config_group_choice() -> None:
         "saliency": "saliency", "smoothgrad": "smoothgrad", "integrated-gradients": "integrated-gradients",
         "guided-backprop": "guided-backprop", "lrp-a1b0": "lrp-a1b0", "lrp-eps5": "lrp-eps5", "gradcam": "gradcam",
         "guided-gradcam": "guided-gradcam", "pattern-attribution": "pattern-attribution", "iba-beta1": "iba",
-        "iba-beta10": "iba", "iba-beta100": "iba", "readout": "readout", "ground-truth": "ground-truth"}
+        "iba-beta10": "iba", "iba-beta100": "iba", "readout": "readout", "attention-rollout": "attention-rollout",
+        "ground-truth": "ground-truth"}
     assert compose_config("train", ["task=prune"]).task.name == "prune"
     own = name_plugins(OmegaConf.create({"method": {"name": "iba", "beta": 1}}), {"method": "iba-fast"})
     assert own.method.name == "iba"
