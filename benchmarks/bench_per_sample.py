@@ -38,13 +38,6 @@ from infoflow.models import get_model
 from infoflow.models.vit import TokenViT
 
 
-def shapes_normalise(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8 shapes images -> float32 normalised as `ShapesDataModule` does."""
-    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
     """The shortest wall time of `repeats` calls of `fn` (s) and the last result."""
     best, out = float("inf"), None
@@ -99,8 +92,8 @@ def main() -> None:
     count = max(args.images, args.naive_images)
     if args.data == "shapes":
         test = render_split("test", count, size[1], 4, seed=0)
-        images, targets = shapes_normalise(test["image"]).to(device), test["label"].to(device)
-        statistics = shapes_normalise(render_split("train", 32, size[1], 4, seed=0)["image"]).to(device).split(8)
+        images, targets = ShapesDataModule.normalize(test["image"].float() / 255).to(device), test["label"].to(device)
+        statistics = ShapesDataModule.normalize(render_split("train", 32, size[1], 4, seed=0)["image"].float() / 255).to(device).split(8)
     else:
         images = torch.randn(count, *size, device=device)
         targets = torch.arange(images.shape[0], device=device) % model.num_classes

@@ -82,3 +82,13 @@ def random_shapesnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "shapesnet.pt"
     torch.save(ShapesNet(4).state_dict(), path)
     return path
+
+
+def explain_one_at_a_time(iba, images: torch.Tensor, target: torch.Tensor, seed: int) -> torch.Tensor:
+    """Heatmaps (N, H, W) of a Per-Sample IBA fitted to one image per call, image i with noise seed
+    ``seed + i`` (what image i of a batch draws), for comparison with one batched call."""
+    maps = []
+    for i in range(images.shape[0]):
+        iba.seed = seed + i
+        maps.append(iba.explain(images[i : i + 1], target[i : i + 1]).heatmap)
+    return torch.cat(maps)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import explain_one_at_a_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import Normal, kl_divergence
@@ -128,11 +129,7 @@ def test_batched_equals_one_at_a_time_and_units() -> None:
     assert batched.heatmap.shape == (4, 64, 64) and (batched.heatmap >= 0).all()
     # total bits = capacity summed over the feature map, in bits
     assert torch.allclose(batched.total_bits, batched.capacity.sum((1, 2, 3)) / math.log(2), rtol=1e-4)
-    singles = []
-    for i in range(4):
-        iba.seed = 7 + i  # image i of a batch draws from seed + i
-        singles.append(iba.explain(x[i : i + 1], target[i : i + 1]).heatmap)
-    single = torch.cat(singles)
+    single = explain_one_at_a_time(iba, x, target, seed=7)
     assert torch.allclose(batched.heatmap, single, atol=1e-4 * float(single.max()))
 
 

@@ -54,7 +54,7 @@ def shapes() -> dict[str, torch.Tensor]:
     """8 test images of the shapes data: ``x01`` in [0, 1], ``x`` normalised, ``label``, ``mask``, ``box``."""
     data = render_split("test", 8, 64, 4, seed=0)
     x01 = data["image"].float() / 255
-    return {**data, "x01": x01, "x": normalise(x01)}
+    return {**data, "x01": x01, "x": ShapesDataModule.normalize(x01)}
 
 
 # --- the setting ---------------------------------------------------------------------------------------
@@ -123,17 +123,11 @@ def _estimator(iba: PerSampleIBA, x: torch.Tensor) -> Estimator:
     return est
 
 
-def normalise(x01: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(ShapesDataModule.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ShapesDataModule.std).view(1, 3, 1, 1)
-    return (x01 - mean) / std
-
-
 def check_per_sample_bounds(model: ZooModel, layer: str, data: dict[str, torch.Tensor], size: int) -> None:
     """Per-Sample heatmaps with bf16 network passes: Pearson >= 0.99 and total bits within 2 % per image,
     bbox ratio within 0.01 of fp32 (same seed, estimator on 64 training images)."""
     x, y, boxes = data["x"][:4], data["label"][:4], box_to_mask(data["box"][:4], size, size)
-    train = normalise(render_split("train", 64, size, 4, seed=0)["image"].float() / 255)
+    train = ShapesDataModule.normalize(render_split("train", 64, size, 4, seed=0)["image"].float() / 255)
     results = {}
     for precision in ("32", "bf16"):
         iba = PerSampleIBA(model, layer, seed=0, steps=5, copies=5, precision=precision)
@@ -212,7 +206,7 @@ def test_bf16_bounds_on_a_trained_resnet18_at_128px() -> None:
     model = get_model("resnet18", weights="default", num_classes=4, input_size=(3, 128, 128))
     data = render_split("test", 8, 128, 4, seed=0)
     data["x01"] = data["image"].float() / 255
-    data["x"] = normalise(data["x01"])
+    data["x"] = ShapesDataModule.normalize(data["x01"])
     assert (model.module(data["x"]).argmax(1) == data["label"]).float().mean() >= 0.75  # really trained
     check_per_sample_bounds(model, "conv3_2", data, 128)
     check_metric_bounds(model, data, 128, tile=16)

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
+from conftest import explain_one_at_a_time
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -104,11 +105,7 @@ def test_batched_per_sample_equals_one_image_at_a_time_on_a_token_layer() -> Non
     x, target = x[:2], torch.tensor([0, 2])
     batched = iba.explain(x, target)
     assert batched.capacity.shape == (2, 64, 8, 8) and batched.heatmap.shape == (2, 64, 64)
-    singles = []
-    for i in range(2):
-        iba.seed = 7 + i  # image i of a batch draws from seed + i
-        singles.append(iba.explain(x[i : i + 1], target[i : i + 1]).heatmap)
-    single = torch.cat(singles)
+    single = explain_one_at_a_time(iba, x, target, seed=7)
     assert torch.allclose(batched.heatmap, single, atol=1e-4 * float(single.max()))
     # bits per pixel, the image total preserved
     assert torch.allclose(batched.heatmap.sum((1, 2)), batched.total_bits, rtol=1e-4)

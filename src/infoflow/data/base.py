@@ -32,6 +32,13 @@ class ImageDataModule(pl.LightningDataModule):
     has_masks: bool = False
     has_boxes: bool = False
 
+    @classmethod
+    def normalize(cls, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [0, 1] -> normalised with the data's `mean` and `std` (as the model expects)."""
+        mean = torch.tensor(cls.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(cls.std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) normalised -> (N, C, H, W) in [0, 1]."""
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
