@@ -11,9 +11,9 @@ from torchmetrics import Metric
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import as_targets, check_images, check_map_batch
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
 from infoflow.metrics.tiles import TileGrid
+from infoflow.utils.validation import as_target, check_images, check_maps
 
 
 class InsertionDeletionResult(NamedTuple):
@@ -95,9 +95,9 @@ class InsertionDeletion(Metric):
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
         size = (self.grid.height, self.grid.width)
         check_images(images, size)
-        check_map_batch(attributions, (images.shape[0], *size))
+        check_maps(attributions, (images.shape[0], *size))
         device = classifier_device(self.model, images.device)
-        target = as_targets(target, images.shape[0], device)
+        target = as_target(target, images.shape[0], device)
         curves = self.curves(images.to(device), target, attributions.to(device))
         self.insertion_sum += curves[0].sum(0).to(self.insertion_sum.device)
         self.deletion_sum += curves[1].sum(0).to(self.deletion_sum.device)

@@ -10,8 +10,8 @@ import torch
 from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import check_map_batch
 from infoflow.metrics.sanity import heatmap_ssim
+from infoflow.utils.validation import check_maps
 
 
 class _Method(Protocol):
@@ -48,8 +48,8 @@ class RandomLogit(Metric):
 
     def update(self, attributions: torch.Tensor, other_class_attributions: torch.Tensor) -> None:
         """Add maps (N, H, W) for the target classes and for the random other classes of the same images."""
-        check_map_batch(attributions, tuple(attributions.shape))
-        check_map_batch(other_class_attributions, tuple(attributions.shape), "random-class maps")
+        check_maps(attributions, tuple(attributions.shape))
+        check_maps(other_class_attributions, tuple(attributions.shape), "random-class maps")
         s = heatmap_ssim(attributions, other_class_attributions.to(attributions.device), self.signed, self.win_size)
         self.ssim_sum += s.sum().to(self.ssim_sum.device)
         self.count += s.numel()

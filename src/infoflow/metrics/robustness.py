@@ -11,8 +11,8 @@ from captum.metrics import infidelity, sensitivity_max
 from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import as_targets, check_map_batch
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier
+from infoflow.utils.validation import as_target, check_maps
 
 #: an attribution function: images (N, C, H, W), target (N,) -> maps (N, H, W)
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,7 +50,7 @@ class MaxSensitivity(Metric):
 
     def update(self, images: torch.Tensor, target: torch.Tensor | int) -> None:
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices."""
-        target = as_targets(target, images.shape[0], images.device)
+        target = as_target(target, images.shape[0], images.device)
 
         def explanation(
             x: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
@@ -100,10 +100,10 @@ class Infidelity(Metric):
 
     def update(self, images: torch.Tensor, target: torch.Tensor | int, attributions: torch.Tensor) -> None:
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
-        check_map_batch(attributions, (images.shape[0], *images.shape[2:]))
+        check_maps(attributions, (images.shape[0], *images.shape[2:]))
         device = classifier_device(self.model, images.device)
         images = images.to(device)
-        target = as_targets(target, images.shape[0], device)
+        target = as_target(target, images.shape[0], device)
         maps = attributions.to(device, images.dtype).unsqueeze(1).expand_as(images)
 
         def perturb(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
+from infoflow.errors import ConfigError, InputError
 from infoflow.models.zoo import ZooModel
 
 M = TypeVar("M", nn.Module, ZooModel)
@@ -50,7 +51,7 @@ def ssim(
     window, sample covariance, mean over the positions whose window lies inside the image).
     """
     if x.shape != y.shape or x.dim() != 3 or min(x.shape[1:]) < win_size:
-        raise ValueError(
+        raise InputError(
             f"expected two (N, H, W) maps with H, W >= {win_size}, got {tuple(x.shape)}, {tuple(y.shape)}"
         )
     x, y = x.double().unsqueeze(1), y.double().unsqueeze(1)
@@ -137,7 +138,7 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
         target = module.get_submodule(path)
         resettable = [m for m in target.modules() if callable(getattr(m, "reset_parameters", None))]
         if not resettable:
-            raise ValueError(f"layer {name!r} ({path}) has no submodule with reset_parameters()")
+            raise ConfigError(f"layer {name!r} ({path}) has no submodule with reset_parameters()")
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed + step)
             for m in resettable:
