@@ -25,3 +25,7 @@ class DataError(UserError, OSError):
 
 class MissingDataError(DataError, FileNotFoundError):
     """A file or folder that should exist does not; the message names it and the layout expected there."""
+
+
+class NotFittedError(UserError, RuntimeError):
+    """A method was asked for maps before what it estimates from data was fitted: call its ``fit`` first."""

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
-from infoflow.errors import DataError, InputError, UserError
+from infoflow.errors import DataError, InputError, NotFittedError
 from infoflow.utils.cache import ensure_writable, load_cached
 from infoflow.utils.checkpoint import CheckpointError, atomic_save, load_file
 from infoflow.utils.validation import check_finite
 
 
-class NotEstimatedError(UserError, RuntimeError):
+class NotEstimatedError(NotFittedError):
     """Attribution was asked for before the feature statistics were estimated."""
 
 

@@ -13,6 +13,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from infoflow.errors import ConfigError
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
 from infoflow.metrics.tiles import TileGrid
+from infoflow.utils.modules import hide_module
 from infoflow.utils.validation import as_target, check_images, check_maps
 
 
@@ -81,7 +82,7 @@ class InsertionDeletion(Metric):
         if num_points < 2 or batch_size < 1 or kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
             raise ConfigError(f"need num_points >= 2, batch_size >= 1, an odd kernel_size and sigma > 0; got "
                               f"{num_points}, {batch_size}, {kernel_size}, {sigma}")
-        self.__dict__["model"] = resolve_classifier(model)  # not part of the state_dict
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.kernel_size, self.sigma, self.deletion_value = int(kernel_size), float(sigma), float(deletion_value)
         self.batch_size = int(batch_size)

@@ -4,18 +4,14 @@ other class. A method that explains the class should give dissimilar maps (low S
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.sanity import heatmap_ssim
+from infoflow.metrics.sanity import Explainer, heatmap_ssim
 from infoflow.utils.validation import check_maps
-
-
-class _Method(Protocol):
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
 def random_other_class(target: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +55,7 @@ class RandomLogit(Metric):
 
 
 def random_logit_check(
-    method: _Method,
+    method: Explainer,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     seed: int = 0,

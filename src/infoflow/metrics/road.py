@@ -14,6 +14,7 @@ from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
+from infoflow.utils.modules import hide_module
 from infoflow.utils.validation import as_target, check_images, check_maps
 
 #: neighbour weights of the imputation (Rong et al.): 1/6 for the 4 direct neighbours, 1/12 for the diagonals
@@ -123,7 +124,7 @@ class ROAD(Metric):
         if not fractions or not all(0 <= f < 1 for f in fractions) or noise_std < 0 or batch_size < 1:
             raise ConfigError(f"ROAD needs fractions in [0, 1), noise_std >= 0 and batch_size >= 1; got "
                               f"{list(fractions)}, {noise_std}, {batch_size}")
-        self.__dict__["model"] = resolve_classifier(model)
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.size = (int(image_size[0]), int(image_size[1]))
         self.fractions = torch.tensor(fractions, dtype=torch.float64)
         self.counts = (self.fractions * self.size[0] * self.size[1]).round().long()  # pixels removed

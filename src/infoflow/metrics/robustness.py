@@ -12,6 +12,7 @@ from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier
+from infoflow.utils.modules import hide_module
 from infoflow.utils.validation import as_target, check_maps
 
 #: an attribution function: images (N, C, H, W), target (N,) -> maps (N, H, W)
@@ -92,7 +93,7 @@ class Infidelity(Metric):
         super().__init__(**kwargs)
         if noise_std <= 0 or n_perturb_samples < 1:
             raise ConfigError(f"need noise_std > 0 and n_perturb_samples >= 1, got {noise_std}, {n_perturb_samples}")
-        self.__dict__["model"] = resolve_classifier(model)
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.noise_std, self.samples, self.normalize, self.seed = float(noise_std), int(n_perturb_samples), normalize, seed
         self._calls = 0
         self.add_state("infidelity_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

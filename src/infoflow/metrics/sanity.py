@@ -18,7 +18,10 @@ from infoflow.models.zoo import ZooModel
 M = TypeVar("M", nn.Module, ZooModel)
 
 
-class _Method(Protocol):
+class Explainer(Protocol):
+    """What the metrics that re-run a method call: ``attribute(images (N, C, H, W), target (N,)) -> (N, H, W)``
+    (an `infoflow.interface.Attribution`, or any object with that method)."""
+
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -149,7 +152,7 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
 def cascading_sanity_check(
     model: M,
     layers: Sequence[str],
-    make_method: Callable[[M], _Method],
+    make_method: Callable[[M], Explainer],
     batches: Iterable[dict[str, torch.Tensor]],
     signed: bool = False,
     seed: int = 0,

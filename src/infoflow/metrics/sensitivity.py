@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional import pearson_corrcoef
 
 from infoflow.errors import ConfigError, InputError
 from infoflow.metrics.perturb import (
@@ -162,12 +163,16 @@ def is_constant(x: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dimension, in float64; 0 where x or y is constant (`is_constant`)."""
+    """Pearson correlation along the last dimension (torchmetrics' `pearson_corrcoef`), in float64; 0 where x
+    or y is constant (`is_constant`, also up to float64 rounding, where the coefficient is meaningless)."""
     x, y = x.double(), y.double()
     constant = is_constant(x) | is_constant(y)
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    corr = (x * y).sum(-1) / ((x * x).sum(-1) * (y * y).sum(-1)).sqrt()
+    if constant.numel() == 0 or bool(constant.all()):
+        return torch.zeros(constant.shape, dtype=torch.float64, device=x.device)
+    # torchmetrics correlates the columns of (samples, series); constant rows get a placeholder, then 0
+    ramp = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device)
+    x, y = (torch.where(constant[..., None], ramp, t).reshape(-1, t.shape[-1]).T for t in (x, y))
+    corr = pearson_corrcoef(x, y).reshape(constant.shape)
     return torch.where(constant, torch.zeros_like(corr), corr)
 
 
