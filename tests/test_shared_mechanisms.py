@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from infoflow.data.boxes import box_masks, boxes_to_mask
+from infoflow.errors import ConfigError
 from infoflow.metrics import SanitySSIM
 from infoflow.utils.hooks import capture_outputs, keep_copy
 from infoflow.utils.modules import MovesHidden, frozen, hide_module
@@ -47,7 +48,7 @@ def test_capture_records_in_order_and_stops_early() -> None:
             net(x)
         assert torch.equal(out["a"], net.a(x))
     identity = nn.Sequential(nn.Identity())
-    with pytest.raises(TypeError, match="not a tensor"), capture_outputs(identity, ["0"]):
+    with pytest.raises(ConfigError, match="not a tensor"), capture_outputs(identity, ["0"]):
         identity((1, 2))
     assert not net.a._forward_hooks and not net.b._forward_hooks  # hooks removed
 
