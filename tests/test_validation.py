@@ -22,6 +22,7 @@ from infoflow.data.shapes import ShapesDataModule
 from infoflow.errors import ConfigError, DataError, InputError, UserError
 from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.metrics import Degradation, Infidelity, MaxSensitivity, SensitivityN
 from infoflow.models.zoo import ZooModel, get_model
 from infoflow.utils import settings
 from infoflow.utils.checkpoint import CheckpointError
@@ -213,3 +214,29 @@ def test_maps_are_checked_once_for_every_metric() -> None:
         check_maps(torch.tensor([[[0.0]], [[math.nan]]]), (2, 1, 1))
     with pytest.raises(InputError, match="attribution maps must be a torch.Tensor"):
         check_maps([[0.0]], (1, 1))
+
+
+# ---------------------------------------------------------------- metric settings
+
+
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)).eval()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Degradation(_net(), (8, 8), num_points=1), r"^num_points must be an integer >= 2"),
+        (lambda: Degradation(_net(), (8, 8), batch_size=0), r"^batch_size must be an integer >= 1, got 0"),
+        (lambda: SensitivityN(_net(), (8, 8), max_fraction=1.5), r"^max_fraction must be in \(0, 1\]"),
+        (lambda: SensitivityN(_net(), (8, 8), num_subsets=1), r"^num_subsets must be an integer >= 2"),
+        (lambda: SensitivityN(_net(), (8, 8), num_n="4"), r"^num_n must be an integer >= 1, got '4'"),
+        (lambda: Infidelity(_net(), noise_std=0.0), r"^noise_std must be a finite number > 0, got 0.0"),
+        (lambda: MaxSensitivity(lambda x, t: x.sum(1), n_perturb_samples=0), r"^n_perturb_samples must be an"),
+        (lambda: Degradation(_net().train(), (8, 8)), r"^model is in training mode"),
+        (lambda: Degradation(_net(), (8, 8), tile_size=0), r"^tile_size and the image size must be integers >= 1"),
+    ],
+)
+def test_metric_settings_are_config_errors_naming_the_argument(build, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build()
