@@ -50,7 +50,7 @@ class classorinstancemethod:  # noqa: N801  (named like classmethod)
 
 
 def _channels(values: Sequence[float], images: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return torch.tensor(values, device=images.device).view(1, -1, 1, 1)
 
 
 class ImageDataModule(pl.LightningDataModule):
