@@ -22,12 +22,11 @@ from infoflow.iba.estimator import fit_estimator
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.readout import ReadoutBottleneck, ReadoutIBA, fit_statistics
 from infoflow.interface import METHODS, Attribution, as_target
-from infoflow.metrics.perturb import check_batch
 from infoflow.models.layers import vit_layers
 from infoflow.models.split import SplitModel
 from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel, get_model
-from infoflow.utils.validation import MAX_ABS_PIXEL, check_images
+from infoflow.utils.validation import MAX_ABS_PIXEL, check_batch, check_images
 
 SIZE = 32
 #: how each registered method is built for these tests (cheap settings; fitted where the method needs it)
@@ -233,7 +232,7 @@ def test_the_metrics_share_the_target_normaliser() -> None:
 # ---------------------------------------------------------------- IBA's beta and SID
 
 
-@pytest.mark.parametrize("beta", [math.nan, math.inf, -math.inf, -1.0, "ten", None])
+@pytest.mark.parametrize("beta", [math.nan, math.inf, -math.inf, -1.0, "ten", "10", None, True])
 def test_beta_must_be_finite_and_nonnegative(beta: Any, model: ZooModel) -> None:
     with pytest.raises(ConfigError, match=r"beta must be a finite number >= 0 \(0: no information penalty\)"):
         PerSampleIBA(model, "conv3", beta=beta)

@@ -15,6 +15,7 @@ import infoflow.attribution.lrp  # noqa: F401
 from infoflow.attribution import METHODS
 from infoflow.attribution.baselines import input_gradient
 from infoflow.attribution.pattern import PatternAttribution
+from infoflow.errors import ConfigError, DataError
 from infoflow.models.layers import vgg_layers
 from infoflow.models.zoo import ZooModel, get_model
 
@@ -374,9 +375,9 @@ def test_lrp0_equals_gradient_times_input_through_canonizers(model_name: str) ->
 
 
 def test_lrp_rejects_unknown_rules() -> None:
-    with pytest.raises(ValueError, match="alpha-beta"):
+    with pytest.raises(ConfigError, match=r"^rule=gamma: not a valid choice; choose one of: alpha-beta \| epsilon"):
         infoflow.attribution.lrp.LRP(zoo("shapesnet", 64), rule="gamma")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="zbox"):
+    with pytest.raises(ConfigError, match=r"^first_layer=box: not a valid choice; choose one of: zbox \| flat \| same"):
         METHODS.get("lrp-eps5")(zoo("shapesnet", 64), first_layer="box")
 
 
@@ -434,7 +435,7 @@ def test_pattern_attribution_backpropagates_through_w_times_a() -> None:
 def test_pattern_attribution_needs_fit() -> None:
     with pytest.raises(RuntimeError, match=r"fit\(dataloader\)"):
         METHODS.get("pattern-attribution")(tiny_vgg()).attribute(torch.randn(1, 3, 16, 16).double(), 0)
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(DataError, match="no batches"):
         METHODS.get("pattern-attribution")(tiny_vgg()).fit([])
 
 

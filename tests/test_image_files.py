@@ -10,13 +10,9 @@ import torch
 from fake_layouts import make_imagefolder
 from PIL import Image
 
-from infoflow.data.imagefolder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DictDataset,
-    ImageFolderDataModule,
-    load_rgb,
-)
+from infoflow.data.base import IMAGENET_MEAN, IMAGENET_STD, DictDataset
+from infoflow.data.files import load_rgb
+from infoflow.data.imagefolder import ImageFolderDataModule
 from infoflow.errors import DataError
 
 

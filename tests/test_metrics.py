@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from torch import nn
 
@@ -345,6 +346,14 @@ def test_pearson_matches_numpy_and_treats_constants_as_zero() -> None:
     assert pearson(torch.full((2, 10), 0.1), torch.randn(2, 10)).tolist() == [0.0, 0.0]
     rounding = 0.3 * 205 + 1e-14 * torch.randn(2, 10, dtype=torch.float64)  # constant up to rounding
     assert pearson(rounding, torch.randn(2, 10)).tolist() == [0.0, 0.0]
+    mixed = torch.randn(2, 3, 40, dtype=torch.float64)  # (N, K, S) as Sensitivity-n correlates them
+    mixed[1, 2] = 7.0
+    other = mixed + torch.randn(2, 3, 40, dtype=torch.float64)
+    corr = pearson(mixed, other)
+    assert corr.shape == (2, 3) and corr[1, 2] == 0
+    for i, j in [(0, 0), (0, 2), (1, 0), (1, 1)]:
+        assert corr[i, j].item() == pytest.approx(scipy.stats.pearsonr(mixed[i, j], other[i, j]).statistic, abs=1e-14)
+    assert pearson(torch.zeros(0, 3, 5), torch.zeros(0, 3, 5)).shape == (0, 3)
 
 
 # --- SSIM and the sanity check ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from infoflow.data.base import ImageDataModule
 from infoflow.data.cifar import CIFAR10DataModule
 from infoflow.data.cub import CUB200DataModule
 from infoflow.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
+from infoflow.errors import ConfigError, DataError, MissingDataError
 
 
 def first_batch(loader: torch.utils.data.DataLoader) -> dict[str, torch.Tensor]:
@@ -77,26 +78,26 @@ def test_imagefolder_val_path_and_num_classes(tmp_path: Path) -> None:
     assert dm.num_classes == 10 and len(dm.class_names) == 10 and dm.class_names[:3] == ["a", "b", "c"]
     assert [label for _, label in dm.dataset(False).records] == [1, 1, 1]
     assert len(dm.dataset(True)) == 6
-    with pytest.raises(ValueError, match="num_classes=2"):
+    with pytest.raises(ConfigError, match="num_classes=2"):
         ImageFolderDataModule(str(path), num_classes=2)
     make_imagefolder(tmp_path / "val", ["zebra"], n_per_class=1)
-    with pytest.raises(ValueError, match="zebra"):
+    with pytest.raises(DataError, match="zebra"):
         ImageFolderDataModule(str(path), val_path=str(val_path)).setup("validate")
-    with pytest.raises(ValueError, match="empty split"):
+    with pytest.raises(ConfigError, match="empty split"):
         ImageFolderDataModule(str(path), val_fraction=0.0).setup()
 
 
 def test_imagefolder_clear_errors_for_missing_or_empty_folders(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+    with pytest.raises(MissingDataError, match=re.escape(str(missing))):
         ImageFolderDataModule(str(missing))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no class folders"):
+    with pytest.raises(MissingDataError, match="no class folders"):
         ImageFolderDataModule(str(tmp_path / "empty"))
     (tmp_path / "noimages" / "cat").mkdir(parents=True)
     (tmp_path / "noimages" / "cat" / "notes.txt").write_text("not an image")
     dm = ImageFolderDataModule(str(tmp_path / "noimages"))
-    with pytest.raises(FileNotFoundError, match=f"no images .* {re.escape(str(tmp_path / 'noimages'))}"):
+    with pytest.raises(MissingDataError, match=f"no images .* {re.escape(str(tmp_path / 'noimages'))}"):
         dm.setup("fit")
 
 
@@ -155,25 +156,25 @@ def test_imagenet_clear_errors(tmp_path: Path) -> None:
     missing_xml = root / IMAGENET_BBOX_DIR / "ILSVRC2012_val_00000003.xml"
     missing_xml.unlink()
     dm = ImageNetDataModule(str(root), bbox_dir=str(root / IMAGENET_BBOX_DIR))
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing_xml))):
+    with pytest.raises(MissingDataError, match=re.escape(str(missing_xml))):
         dm.setup("validate")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(MissingDataError, match="nowhere"):
         ImageNetDataModule(str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="boxes"):
+    with pytest.raises(MissingDataError, match="boxes"):
         ImageNetDataModule(str(root), bbox_dir=str(tmp_path / "boxes"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty" / "val"))):
+    with pytest.raises(MissingDataError, match=re.escape(str(tmp_path / "empty" / "val"))):
         ImageNetDataModule(str(tmp_path / "empty"))
     val_only = make_imagenet(tmp_path / "val_only", wnids=("n01",), n_train=0, n_val=1, with_xml=False)
     (val_only / "train" / "n01").rmdir()
     (val_only / "train").rmdir()
     dm = ImageNetDataModule(str(val_only))
     assert len(first_batch(dm.val_dataloader())["label"]) == 1
-    with pytest.raises(FileNotFoundError, match=re.escape(str(val_only / "train"))):
+    with pytest.raises(MissingDataError, match=re.escape(str(val_only / "train"))):
         dm.train_dataloader()
     for i in range(1001):
         (tmp_path / "big" / "train" / f"n{i:08d}").mkdir(parents=True)
-    with pytest.raises(ValueError, match="1001 class folders"):
+    with pytest.raises(DataError, match="1001 class folders"):
         ImageNetDataModule(str(tmp_path / "big"))
 
 
@@ -231,19 +232,19 @@ def test_cub_segmentations_are_optional_and_found_in_either_place(tmp_path: Path
 
 
 def test_cub_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+    with pytest.raises(MissingDataError, match=re.escape(str(tmp_path / "nope"))):
         CUB200DataModule(str(tmp_path / "nope"))
     (tmp_path / "bare").mkdir()
-    with pytest.raises(FileNotFoundError, match="CUB_200_2011"):
+    with pytest.raises(MissingDataError, match="CUB_200_2011"):
         CUB200DataModule(str(tmp_path / "bare"))
     root = make_cub(tmp_path / "cub", n_classes=2, n_per_class=2)
     seg = root / "segmentations" / "002.Bird_1" / "Bird_1_0001.png"
     seg.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(seg))):
+    with pytest.raises(MissingDataError, match=re.escape(str(seg))):
         CUB200DataModule(str(root)).setup("test")
     image = root / "CUB_200_2011" / "images" / "001.Bird_0" / "Bird_0_0000.jpg"
     image.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(image))):
+    with pytest.raises(MissingDataError, match=re.escape(str(image))):
         CUB200DataModule(str(root)).setup("fit")
 
 
@@ -286,11 +287,11 @@ def test_cifar10_images_labels_and_transforms(tmp_path: Path) -> None:
 
 
 def test_cifar10_missing_files_say_where_and_how(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+    with pytest.raises(MissingDataError, match=re.escape(str(tmp_path / "nope"))):
         CIFAR10DataModule(str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=True"):
+    with pytest.raises(MissingDataError, match=r"cifar-10-batches-py.*download=True"):
         CIFAR10DataModule(str(tmp_path))
     root = make_cifar10(tmp_path / "c")
     (root / "cifar-10-batches-py" / "data_batch_3").unlink()
-    with pytest.raises(FileNotFoundError, match=r"files data_batch_3 are missing"):
+    with pytest.raises(MissingDataError, match=r"files data_batch_3 are missing"):
         CIFAR10DataModule(str(root))

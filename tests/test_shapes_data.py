@@ -20,6 +20,7 @@ from infoflow.data.shapes import (
     render_image,
     render_split,
 )
+from infoflow.errors import ConfigError
 
 SMALL = {"num_train": 48, "num_val": 24, "num_test": 24, "batch_size": 16}
 
@@ -297,5 +298,5 @@ def test_training_batches_relabel_empty_images_and_augment() -> None:
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         ShapesDataModule(**kwargs)

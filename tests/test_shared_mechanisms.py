@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from infoflow.data.boxes import box_masks, boxes_to_mask
+from infoflow.errors import ConfigError
 from infoflow.metrics import SanitySSIM
 from infoflow.utils.hooks import capture_outputs, keep_copy
 from infoflow.utils.modules import MovesHidden, frozen, hide_module
@@ -47,7 +48,7 @@ def test_capture_records_in_order_and_stops_early() -> None:
             net(x)
         assert torch.equal(out["a"], net.a(x))
     identity = nn.Sequential(nn.Identity())
-    with pytest.raises(TypeError, match="not a tensor"), capture_outputs(identity, ["0"]):
+    with pytest.raises(ConfigError, match="not a tensor"), capture_outputs(identity, ["0"]):
         identity((1, 2))
     assert not net.a._forward_hooks and not net.b._forward_hooks  # hooks removed
 
@@ -111,3 +112,42 @@ def test_sanity_states_merge_like_one_metric() -> None:
         second.update(a[3:], b.roll(step, 0)[3:], step)
     first.merge_state(second)
     assert torch.allclose(first.compute(), whole.compute(), atol=1e-12)
+
+
+def test_metrics_that_run_the_network_keep_it_out_of_their_state() -> None:
+    from infoflow.metrics.suite import MethodMetrics, MetricSettings
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16 * 16, 3)).eval()
+    suite = MethodMetrics(net, (16, 16), MetricSettings(), boxes=True, masks=True, num_classes=3)
+    runs_net = [name for name, m in suite.metrics.items() if getattr(m, "model", None) is net]
+    assert {"degradation_8", "sensitivity_8", "insertion_deletion", "road", "infidelity"} <= set(runs_net)
+    assert suite.net is net
+    for owner in [suite, *suite.metrics.values()]:
+        assert not any(p is q for p in owner.parameters() for q in net.parameters())
+        assert not any(key.endswith(("weight", "bias")) for key in owner.state_dict())
+    # every one is attached the same way, with `hide_module`
+    assert all("model" in suite.metrics[name].__dict__.get("_hidden_modules", []) for name in runs_net)
+
+
+@pytest.mark.parametrize(("affine", "bias"), [(True, False), (True, True), (False, True)])
+def test_batch_norm_folding_equals_the_closed_form_and_the_network(affine: bool, bias: bool) -> None:
+    from infoflow.utils.fold import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=bias), nn.BatchNorm2d(4, affine=affine), nn.ReLU()).double()
+    bn = net[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    if affine:
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-1, 1)
+    net.eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    folded = fold_batchnorm(net, x)
+    assert isinstance(folded[1], nn.Identity) and net[1] is bn  # a copy; the original keeps its batch norm
+    scale = (bn.weight if affine else 1) / (bn.running_var + bn.eps).sqrt()
+    conv = net[0]
+    torch.testing.assert_close(folded[0].weight, conv.weight * scale.view(-1, 1, 1, 1))
+    expected_bias = ((conv.bias if bias else 0) - bn.running_mean) * scale + (bn.bias if affine else 0)
+    torch.testing.assert_close(folded[0].bias, expected_bias)
+    torch.testing.assert_close(folded(x), net(x))

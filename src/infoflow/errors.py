@@ -21,3 +21,11 @@ class InputError(UserError, ValueError):
 
 class DataError(UserError, OSError):
     """A missing, unreadable or corrupt file: a dataset image, a checkpoint, a cache file."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A file or folder that should exist does not; the message names it and the layout expected there."""
+
+
+class NotFittedError(UserError, RuntimeError):
+    """A method was asked for maps before what it estimates from data was fitted: call its ``fit`` first."""

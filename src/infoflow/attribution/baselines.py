@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +34,16 @@ from captum.attr import (
 )
 from torch import nn
 
+from infoflow.errors import ConfigError
 from infoflow.interface import METHODS, Attribution
 from infoflow.models.vit import TokenViT
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
 from infoflow.utils.precision import PrecisionFallbackWarning, autocast, resolve_precision, to_fp32
+from infoflow.utils.validation import check_choice
 
 Reduction = Literal["sum", "mean", "max-abs", "sum-abs"]
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 
 def reduce_channels(attribution: torch.Tensor, how: Reduction) -> torch.Tensor:
@@ -53,7 +56,7 @@ def reduce_channels(attribution: torch.Tensor, how: Reduction) -> torch.Tensor:
         return attribution.abs().amax(1)
     if how == "sum-abs":
         return attribution.abs().sum(1)
-    raise ValueError(f"unknown channel reduction {how!r}; valid: sum, mean, max-abs, sum-abs")
+    raise ConfigError(f"reduce={how}: not a valid choice; choose one of: {' | '.join(REDUCTIONS)}")
 
 
 def channel_mean(inputs: torch.Tensor) -> torch.Tensor:
@@ -142,6 +145,7 @@ class CaptumAttribution(FrozenAttribution):
         unit: str = "a.u.",
         **kwargs: Any,
     ) -> None:
+        check_choice(reduce, "reduce", REDUCTIONS)
         super().__init__(model)
         args = (model.layer_module(layer),) if layer is not None else ()
         self.method = method(model.module, *args)

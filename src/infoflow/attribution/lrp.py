@@ -28,6 +28,7 @@ from infoflow.interface import METHODS
 from infoflow.models.cifar_resnet import BasicBlock
 from infoflow.models.vit import transformer_reason
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.validation import check_choice
 
 Bound = float | Sequence[float] | None
 
@@ -105,10 +106,8 @@ class LRP(FrozenAttribution):
     ) -> None:
         super().__init__(model)
         rules: dict[str, type[Hook]] = {"alpha-beta": AlphaBeta, "epsilon": Epsilon}
-        if rule not in rules:
-            raise ValueError(f"unknown LRP rule {rule!r}; valid: {', '.join(rules)}")
-        if first_layer not in ("zbox", "flat", "same"):
-            raise ValueError(f"unknown first_layer rule {first_layer!r}; valid: zbox, flat, same")
+        check_choice(rule, "rule", list(rules))
+        check_choice(first_layer, "first_layer", ["zbox", "flat", "same"])
         self.rule = rules[rule](**rule_kwargs)
         self.first_layer, self.low, self.high = first_layer, low, high
 

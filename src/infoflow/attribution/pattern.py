@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from infoflow.attribution.baselines import FrozenAttribution, reduce_channels
+from infoflow.errors import DataError, NotFittedError
 from infoflow.interface import METHODS
 from infoflow.models.vit import transformer_reason
 from infoflow.models.zoo import ZooModel
@@ -187,7 +188,7 @@ class PatternAttribution(FrozenAttribution):
                     _accumulate(next(layer_sums), step, x, y)
                 x = y
         if not sums[0]:
-            raise ValueError("PatternAttribution.fit got no batches")
+            raise DataError("PatternAttribution.fit got no batches: the dataloader yielded no images")
         for layer, layer_sums in zip(self.layers, sums, strict=True):
             layer.pattern = _pattern(layer.weight.double(), layer_sums).to(layer.weight)
         self.fitted = True
@@ -195,7 +196,7 @@ class PatternAttribution(FrozenAttribution):
 
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
-            raise RuntimeError("PatternAttribution has no signal patterns yet: call .fit(dataloader) first")
+            raise NotFittedError("PatternAttribution has no signal patterns yet: call .fit(dataloader) first")
         x = inputs.detach().requires_grad_()
         logits = run_chain(self.chain, x, signal_backward=True)
         index = target[:, None]

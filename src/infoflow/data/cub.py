@@ -10,19 +10,17 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from infoflow.data.boxes import make_boxes
-from infoflow.data.imagefolder import (
+from infoflow.data.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DictDataModule,
     DictDataset,
     Example,
-    load_rgb,
-    open_image,
-    require_dir,
-    to_8bit,
     to_tensor_transform,
 )
+from infoflow.data.boxes import make_boxes
+from infoflow.data.files import load_rgb, open_image, require_dir, to_8bit
+from infoflow.errors import MissingDataError
 
 LAYOUT = (
     "CUB_200_2011/{images.txt, image_class_labels.txt, train_test_split.txt, bounding_boxes.txt, "
@@ -55,7 +53,7 @@ def load_cub(record: CubRecord) -> Example:
 def _read_table(path: Path) -> dict[int, list[str]]:
     """``<image_id> <fields...>`` lines -> {image_id: fields}."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (expected the official layout {LAYOUT})")
+        raise MissingDataError(f"{path} is missing (expected the official layout {LAYOUT})")
     rows = (line.split() for line in path.read_text().splitlines() if line.strip())
     return {int(row[0]): row[1:] for row in rows}
 
@@ -101,11 +99,11 @@ class CUB200DataModule(DictDataModule):
             seg = self.segmentation_dir / Path(rel).with_suffix(".png") if self.segmentation_dir else None
             for path in (image, seg):
                 if path is not None and not path.is_file():
-                    raise FileNotFoundError(f"{path} (listed in {self.base / 'images.txt'}) is missing")
+                    raise MissingDataError(f"{path} (listed in {self.base / 'images.txt'}) is missing")
             box = tuple(float(v) for v in boxes[image_id])
             records.append(
                 CubRecord(str(image), int(labels[image_id][0]) - 1, box, str(seg) if seg else None)
             )
         if not records:
-            raise FileNotFoundError(f"no {'train' if train else 'test'} images listed in {self.base}")
+            raise MissingDataError(f"no {'train' if train else 'test'} images listed in {self.base}")
         return DictDataset(records, load_cub, self.train_transform if train else self.eval_transform)

@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
+from infoflow.errors import DataError, InputError, NotFittedError
 from infoflow.utils.cache import ensure_writable, load_cached
-from infoflow.utils.checkpoint import atomic_save, load_file
+from infoflow.utils.checkpoint import CheckpointError, atomic_save, load_file
+from infoflow.utils.validation import check_finite
 
 
-class NotEstimatedError(RuntimeError):
+class NotEstimatedError(NotFittedError):
     """Attribution was asked for before the feature statistics were estimated."""
 
 
@@ -46,8 +48,14 @@ class Estimator(Metric):
     def update(self, features: torch.Tensor) -> None:
         """Add a batch of features (N, *shape)."""
         if tuple(features.shape[1:]) != self.shape:
-            raise ValueError(f"estimator expects features of shape (N, {self.shape}), got {tuple(features.shape)}")
+            raise InputError(f"estimator expects features of shape (N, {self.shape}), got {tuple(features.shape)}")
         f = features.detach().to(torch.float64)
+        bad = ~torch.isfinite(f).flatten(1).all(1)
+        if bad.any():
+            raise InputError(
+                f"features of {int(bad.sum())} of {f.shape[0]} samples contain NaN or inf: the estimator takes "
+                "finite features only (check the images and the model's weights)"
+            )
         self.n += f.shape[0]
         self.s1 += f.sum(0)
         self.s2 += (f * f).sum(0)
@@ -56,6 +64,11 @@ class Estimator(Metric):
     def _check(self) -> None:
         if self.n < 2:
             raise NotEstimatedError("the estimator has seen fewer than 2 samples: fit it on data first")
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        if not all(bool(torch.isfinite(getattr(self, k)).all()) for k in ("n", "s1", "s2", "nonzero")):
+            raise NotEstimatedError("the estimator's sums are not finite (NaN or inf): fit it anew on finite data")
 
     @property
     def mean(self) -> torch.Tensor:
@@ -79,24 +92,28 @@ class Estimator(Metric):
         return self.mean, self.std, self.active
 
     def save(self, path: str | Path) -> Path:
-        """Write the sums to `path` atomically."""
+        """Write the sums to `path` atomically; non-finite sums are never written."""
+        self._check_finite()
         state = {"shape": torch.tensor(self.shape), "n": self.n, "s1": self.s1, "s2": self.s2, "nonzero": self.nonzero}
         return atomic_save({k: v.detach().cpu() for k, v in state.items()}, path)
 
     def load(self, path: str | Path) -> Estimator:
         """Load sums saved by `save`; the feature shape must match.
 
-        Raises ValueError for a file that is not an estimator of this shape (missing sums, wrong shapes).
+        Raises a `CheckpointError` for a file that is not an estimator of this shape (missing sums, wrong shapes,
+        non-finite sums).
         """
         state = load_file(path)
         keys = ("shape", "n", "s1", "s2", "nonzero")
         if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
-            raise ValueError(f"{path} is not an estimator file (needs tensors {', '.join(keys)})")
+            raise CheckpointError(f"{path} is not an estimator file (needs tensors {', '.join(keys)})")
         shape = tuple(state["shape"].tolist())
         if shape != self.shape:
-            raise ValueError(f"estimator file {path} is for features of shape {shape}, not {self.shape}")
+            raise CheckpointError(f"estimator file {path} is for features of shape {shape}, not {self.shape}")
         if state["n"].numel() != 1 or any(tuple(state[k].shape) != self.shape for k in ("s1", "s2", "nonzero")):
-            raise ValueError(f"estimator file {path} holds sums of the wrong shapes for features {self.shape}")
+            raise CheckpointError(f"estimator file {path} holds sums of the wrong shapes for features {self.shape}")
+        if not all(bool(torch.isfinite(state[k]).all()) for k in ("n", "s1", "s2", "nonzero")):
+            raise CheckpointError(f"estimator file {path} holds NaN or infinite sums")
         for key in ("n", "s1", "s2", "nonzero"):
             setattr(self, key, state[key].to(device=self.device, dtype=torch.float64).reshape(getattr(self, key).shape))
         return self
@@ -109,16 +126,25 @@ def fit_estimator(
     max_samples: int = 5000,
     cache: str | Path | None = None,
     device: torch.device | str = "cpu",
+    check: Callable[[torch.Tensor], None] | None = None,
 ) -> Estimator:
     """Estimate the statistics of ``features(images)`` over at most `max_samples` images of `batches`.
 
     With `cache`, a saved estimator is loaded from that file when it exists, else the fitted one is saved
     there, so each (model, weights, layer, data, `max_samples`) is estimated once (see `utils.cache`). A
     corrupt file is deleted and re-estimated; an unwritable cache directory is an error before the work.
+    `check(images)` (e.g. `ZooModel.check_inputs`) is run on every batch of images first; its `InputError` is
+    re-raised naming the batch. Images must be finite (an `InputError` otherwise), so NaN statistics never
+    reach the cache.
     """
     estimator: Estimator | None = None
-    for batch in batches:
-        f = features(batch["image"].to(device))
+    for index, batch in enumerate(batches):
+        images = batch["image"]
+        try:
+            check(images) if check is not None else check_finite(images)
+        except InputError as err:
+            raise InputError(f"estimator data, batch {index}: {err}") from None
+        f = features(images.to(device))
         if estimator is None:
             estimator = Estimator(tuple(f.shape[1:])).to(device)
             if cache is not None:
@@ -130,7 +156,7 @@ def fit_estimator(
         if estimator.n >= max_samples:
             break
     if estimator is None:
-        raise ValueError("no data to estimate the feature statistics from")
+        raise DataError("no data to estimate the feature statistics from: the dataloader yielded no batch")
     if cache is not None:
         estimator.save(cache)
     return estimator

@@ -19,14 +19,12 @@ bf16 weights, channels-last), so later changes to the model's weights need a new
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from infoflow.errors import ConfigError
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
@@ -34,6 +32,7 @@ from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.modules import frozen
 from infoflow.utils.precision import autocast, prepare_network, resolve_precision, to_fp32
+from infoflow.utils.validation import check_batch_size, check_beta, check_count, check_number
 
 
 @dataclass
@@ -62,16 +61,6 @@ class IBAResult:
         """The result for a batch of 0 images: heatmap (0, H, W), capacity (0, C, h, w), probabilities (0,)."""
         return cls(torch.zeros((0, *image_size), device=device), torch.zeros((0, *feature_shape), device=device),
                    torch.zeros(0, device=device), torch.zeros(0, device=device))
-
-
-def check_beta(beta: float) -> None:
-    """Raise a `ConfigError` unless the information loss weight `beta` is a finite number >= 0."""
-    try:
-        valid = not isinstance(beta, bool) and math.isfinite(float(beta)) and float(beta) >= 0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ConfigError(f"beta must be a finite number >= 0 (0: no information penalty), got {beta!r}")
 
 
 def noise_generators(seed: int | None, n: int, device: torch.device) -> list[torch.Generator] | None:
@@ -126,8 +115,10 @@ class PerSampleIBA(Attribution):
         use_fx: bool = True,
         precision: str | int = 32,
     ) -> None:
+        beta, steps, copies = check_beta(beta), check_count(steps, "steps"), check_count(copies, "copies")
+        lr, sigma = check_number(lr, "lr", strict=True), check_number(sigma, "sigma")
+        batch_size, estimator_samples = check_batch_size(batch_size), check_count(estimator_samples, "estimator_samples")
         super().__init__(model)
-        check_beta(beta)
         self.layer = model.layer_path(layer)
         self.beta, self.steps, self.lr, self.copies = beta, steps, lr, copies
         self.init_alpha, self.sigma, self.batch_size, self.seed = init_alpha, sigma, batch_size, seed
@@ -149,7 +140,8 @@ class PerSampleIBA(Attribution):
     def fit(self, dataloader) -> PerSampleIBA:
         """Estimate the layer's feature statistics on `dataloader` (or load them from `estimator_cache`)."""
         self.set_estimator(
-            fit_estimator(self.split.head, dataloader, self.estimator_samples, self.estimator_cache, self.device)
+            fit_estimator(self.split.head, dataloader, self.estimator_samples, self.estimator_cache, self.device,
+                          check=self.model.check_inputs)
         )
         return self
 

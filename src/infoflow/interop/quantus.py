@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from infoflow.attribution import METHODS, Attribution
-from infoflow.errors import ConfigError, InputError
+from infoflow.errors import ConfigError
 from infoflow.metrics.sanity import heatmap_ssim
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.validation import as_target, check_images
 
 
 def require_quantus() -> ModuleType:
@@ -102,16 +103,13 @@ def explain_func(
     """
     require_quantus()
     x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
-    if x.dim() != 4:
-        raise InputError(f"explain_func expects inputs (N, C, H, W), got {tuple(x.shape)}")
+    check_images(x)
     net = model.module if isinstance(model, ZooModel) else model
     device = _device(net) if isinstance(net, nn.Module) else torch.device("cpu")
     x = x.to(device)
-    y = torch.as_tensor(np.asarray(targets)).to(device)
-    if y.is_floating_point():
-        raise InputError(f"explain_func expects integer class targets, got dtype {y.dtype}")
+    y = as_target(np.asarray(targets), x.shape[0], device)
     instance = build_method(model, x, method, zoo, fit_data, **kwargs)
-    maps = instance.attribute(x, y.long().reshape(-1))
+    maps = instance.attribute(x, y)
     return maps.detach().float().unsqueeze(1).cpu().numpy()
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from infoflow.metrics.perturb import check_maps
+from infoflow.errors import InputError
+from infoflow.utils.validation import check_maps
 
 
 class BoundingBoxRatio(Metric):
@@ -36,9 +37,10 @@ class BoundingBoxRatio(Metric):
 
     def update(self, attributions: torch.Tensor, box_mask: torch.Tensor) -> None:
         """Add a batch: attributions (N, H, W) and box_mask (N, H, W) bool."""
+        if not isinstance(box_mask, torch.Tensor) or box_mask.dim() != 3:
+            got = tuple(box_mask.shape) if isinstance(box_mask, torch.Tensor) else type(box_mask).__name__
+            raise InputError(f"expected box_mask of shape (N, H, W), got {got}")
         check_maps(attributions, tuple(box_mask.shape))
-        if box_mask.dim() != 3:
-            raise ValueError(f"expected box masks (N, H, W), got {tuple(box_mask.shape)}")
         box = box_mask.to(attributions.device, torch.bool).flatten(1)
         n = box.sum(1)
         keep = (n > 0) & (n <= self.max_box_fraction * box.shape[1])

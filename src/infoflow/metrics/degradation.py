@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import torch
 from torchmetrics import Metric
 
+from infoflow.errors import ConfigError
 from infoflow.metrics.perturb import (
     Classifier,
-    check_batch,
     classifier_device,
     perturbation_network,
     resolve_classifier,
@@ -19,6 +19,7 @@ from infoflow.metrics.perturb import (
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
 from infoflow.utils.precision import resolve_precision
+from infoflow.utils.validation import check_batch, check_count
 
 
 class DegradationResult(NamedTuple):
@@ -86,8 +87,9 @@ class Degradation(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_points < 2 or batch_size < 1:
-            raise ValueError(f"need num_points >= 2 and batch_size >= 1, got {num_points}, {batch_size}")
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+            raise ConfigError(f"num_points must be an integer >= 2 (points per curve), got {num_points!r}")
+        check_count(batch_size, "batch_size")
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))

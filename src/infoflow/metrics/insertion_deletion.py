@@ -11,9 +11,10 @@ from torchmetrics import Metric
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import as_targets, check_images, check_map_batch
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
 from infoflow.metrics.tiles import TileGrid
+from infoflow.utils.modules import hide_module
+from infoflow.utils.validation import as_target, check_images, check_maps
 
 
 class InsertionDeletionResult(NamedTuple):
@@ -81,7 +82,7 @@ class InsertionDeletion(Metric):
         if num_points < 2 or batch_size < 1 or kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
             raise ConfigError(f"need num_points >= 2, batch_size >= 1, an odd kernel_size and sigma > 0; got "
                               f"{num_points}, {batch_size}, {kernel_size}, {sigma}")
-        self.__dict__["model"] = resolve_classifier(model)  # not part of the state_dict
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.kernel_size, self.sigma, self.deletion_value = int(kernel_size), float(sigma), float(deletion_value)
         self.batch_size = int(batch_size)
@@ -95,9 +96,9 @@ class InsertionDeletion(Metric):
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
         size = (self.grid.height, self.grid.width)
         check_images(images, size)
-        check_map_batch(attributions, (images.shape[0], *size))
+        check_maps(attributions, (images.shape[0], *size))
         device = classifier_device(self.model, images.device)
-        target = as_targets(target, images.shape[0], device)
+        target = as_target(target, images.shape[0], device)
         curves = self.curves(images.to(device), target, attributions.to(device))
         self.insertion_sum += curves[0].sum(0).to(self.insertion_sum.device)
         self.deletion_sum += curves[1].sum(0).to(self.deletion_sum.device)

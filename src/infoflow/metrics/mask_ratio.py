@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from infoflow.metrics.bbox import BoundingBoxRatio
-from infoflow.metrics.inputs import check_map_batch
+from infoflow.utils.validation import check_maps
 
 
 class MaskRatio(BoundingBoxRatio):
@@ -26,5 +26,5 @@ class MaskRatio(BoundingBoxRatio):
 
     def update(self, attributions: torch.Tensor, mask: torch.Tensor) -> None:
         """Add a batch: attributions (N, H, W) and object masks (N, H, W) bool."""
-        check_map_batch(attributions, tuple(mask.shape))
+        check_maps(attributions, tuple(mask.shape))
         super().update(attributions, mask)

@@ -1,4 +1,5 @@
-"""What the perturbation metrics share: the classifier they run, input checks, and the chunked runner.
+"""What the perturbation metrics share: the classifier they run and the chunked runner (input checks:
+`infoflow.utils.validation`).
 
 Precision: with ``precision="bf16"`` (`infoflow.utils.precision`) only the classifier's passes on the
 perturbed images run in bf16, on a prepared copy of the network (`perturbation_network`: batch norms folded,
@@ -17,9 +18,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.precision import autocast, fp32_linear, prepare_network
-from infoflow.utils.validation import as_target
 
 #: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
 Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor] | ZooModel
@@ -30,11 +31,12 @@ def resolve_classifier(model: Classifier) -> Callable[[torch.Tensor], torch.Tens
     if isinstance(model, ZooModel):
         model = model.module
     if isinstance(model, nn.Module) and model.training:
-        raise ValueError(
-            "the metric runs the model on perturbed images: put it in eval mode first (model.eval())"
+        raise ConfigError(
+            "model is in training mode: the metric runs it on perturbed images, so put it in eval mode first"
+            " (model.eval())"
         )
     if not callable(model):
-        raise TypeError(f"expected an nn.Module, a callable or a ZooModel, got {type(model).__name__}")
+        raise ConfigError(f"model must be an nn.Module, a callable or a ZooModel, got {type(model).__name__}")
     return model
 
 
@@ -45,26 +47,6 @@ def classifier_device(model: Callable[[torch.Tensor], torch.Tensor], fallback: t
         if first is not None:
             return first.device
     return fallback
-
-
-def check_batch(
-    images: torch.Tensor, target: torch.Tensor | int, maps: torch.Tensor | None, size: tuple[int, int]
-) -> torch.Tensor:
-    """Validate images (N, C, H, W) and maps (N, H, W) (if given) of image size `size`; return target as (N,)
-    int64."""
-    if images.dim() != 4 or tuple(images.shape[2:]) != tuple(size):
-        raise ValueError(f"expected images (N, C, {size[0]}, {size[1]}), got {tuple(images.shape)}")
-    if maps is not None:
-        check_maps(maps, (images.shape[0], *size))
-    return as_target(target, images.shape[0], images.device)
-
-
-def check_maps(maps: torch.Tensor, shape: tuple[int, ...]) -> None:
-    """Raise unless `maps` has `shape` and only finite values."""
-    if tuple(maps.shape) != tuple(shape):
-        raise ValueError(f"expected attribution maps of shape {tuple(shape)}, got {tuple(maps.shape)}")
-    if maps.is_floating_point() and not torch.isfinite(maps).all():
-        raise ValueError("attribution maps contain NaN or infinite values")
 
 
 @contextlib.contextmanager

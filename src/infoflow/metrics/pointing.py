@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from infoflow.metrics.inputs import check_map_batch, check_regions
+from infoflow.utils.validation import check_maps, check_regions
 
 
 class PointingGame(Metric):
@@ -35,7 +35,7 @@ class PointingGame(Metric):
 
     def update(self, attributions: torch.Tensor, region: torch.Tensor) -> None:
         """Add a batch: attributions (N, H, W) and region masks (N, H, W) bool (none empty or full)."""
-        check_map_batch(attributions, tuple(region.shape))
+        check_maps(attributions, tuple(region.shape))
         region = check_regions(region.to(attributions.device), tuple(attributions.shape))
         self.hits += int(pointing_hits(attributions.detach(), region, self.tolerance).sum())
         self.count += attributions.shape[0]
@@ -75,7 +75,7 @@ class EnergyPointingGame(Metric):
 
     def update(self, attributions: torch.Tensor, region: torch.Tensor) -> None:
         """Add a batch: attributions (N, H, W) and region masks (N, H, W) bool (none empty or full)."""
-        check_map_batch(attributions, tuple(region.shape))
+        check_maps(attributions, tuple(region.shape))
         region = check_regions(region.to(attributions.device), tuple(attributions.shape))
         self.share_sum += energy_share(attributions.detach(), region).sum().to(self.share_sum.device)
         self.count += attributions.shape[0]

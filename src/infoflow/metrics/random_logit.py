@@ -4,18 +4,14 @@ other class. A method that explains the class should give dissimilar maps (low S
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import check_map_batch
-from infoflow.metrics.sanity import heatmap_ssim
-
-
-class _Method(Protocol):
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+from infoflow.metrics.sanity import Explainer, heatmap_ssim
+from infoflow.utils.validation import check_maps
 
 
 def random_other_class(target: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -48,8 +44,8 @@ class RandomLogit(Metric):
 
     def update(self, attributions: torch.Tensor, other_class_attributions: torch.Tensor) -> None:
         """Add maps (N, H, W) for the target classes and for the random other classes of the same images."""
-        check_map_batch(attributions, tuple(attributions.shape))
-        check_map_batch(other_class_attributions, tuple(attributions.shape), "random-class maps")
+        check_maps(attributions, tuple(attributions.shape))
+        check_maps(other_class_attributions, tuple(attributions.shape), "random-class maps")
         s = heatmap_ssim(attributions, other_class_attributions.to(attributions.device), self.signed, self.win_size)
         self.ssim_sum += s.sum().to(self.ssim_sum.device)
         self.count += s.numel()
@@ -59,7 +55,7 @@ class RandomLogit(Metric):
 
 
 def random_logit_check(
-    method: _Method,
+    method: Explainer,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     seed: int = 0,

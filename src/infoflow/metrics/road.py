@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import as_targets, check_images, check_map_batch
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
+from infoflow.utils.modules import hide_module
+from infoflow.utils.validation import as_target, check_images, check_maps
 
 #: neighbour weights of the imputation (Rong et al.): 1/6 for the 4 direct neighbours, 1/12 for the diagonals
 NEIGHBOUR_KERNEL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
@@ -123,7 +124,7 @@ class ROAD(Metric):
         if not fractions or not all(0 <= f < 1 for f in fractions) or noise_std < 0 or batch_size < 1:
             raise ConfigError(f"ROAD needs fractions in [0, 1), noise_std >= 0 and batch_size >= 1; got "
                               f"{list(fractions)}, {noise_std}, {batch_size}")
-        self.__dict__["model"] = resolve_classifier(model)
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.size = (int(image_size[0]), int(image_size[1]))
         self.fractions = torch.tensor(fractions, dtype=torch.float64)
         self.counts = (self.fractions * self.size[0] * self.size[1]).round().long()  # pixels removed
@@ -142,9 +143,9 @@ class ROAD(Metric):
     def update(self, images: torch.Tensor, target: torch.Tensor | int, attributions: torch.Tensor) -> None:
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
         check_images(images, self.size)
-        check_map_batch(attributions, (images.shape[0], *self.size))
+        check_maps(attributions, (images.shape[0], *self.size))
         device = classifier_device(self.model, images.device)
-        target = as_targets(target, images.shape[0], device)
+        target = as_target(target, images.shape[0], device)
         prob, correct = self.curves(images.to(device), target, attributions.to(device))
         k = len(self.fractions)
         for name, values in (("morf_sum", prob[:, :k]), ("lerf_sum", prob[:, k:]),

@@ -10,9 +10,9 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 from torchmetrics import Metric
 
-from infoflow.errors import ConfigError
-from infoflow.metrics.inputs import as_targets, check_map_batch
 from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier
+from infoflow.utils.modules import hide_module
+from infoflow.utils.validation import as_target, check_count, check_maps, check_number
 
 #: an attribution function: images (N, C, H, W), target (N,) -> maps (N, H, W)
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,9 +40,8 @@ class MaxSensitivity(Metric):
     def __init__(self, explain: Explain, perturb_radius: float = 0.02, n_perturb_samples: int = 10, seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if perturb_radius <= 0 or n_perturb_samples < 1:
-            raise ConfigError(f"need perturb_radius > 0 and n_perturb_samples >= 1, got {perturb_radius}, "
-                              f"{n_perturb_samples}")
+        check_number(perturb_radius, "perturb_radius", strict=True)
+        check_count(n_perturb_samples, "n_perturb_samples")
         self.explain, self.radius, self.samples, self.seed = explain, float(perturb_radius), int(n_perturb_samples), seed
         self._calls = 0
         self.add_state("sensitivity_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -50,7 +49,7 @@ class MaxSensitivity(Metric):
 
     def update(self, images: torch.Tensor, target: torch.Tensor | int) -> None:
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices."""
-        target = as_targets(target, images.shape[0], images.device)
+        target = as_target(target, images.shape[0], images.device)
 
         def explanation(
             x: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
@@ -90,9 +89,9 @@ class Infidelity(Metric):
     def __init__(self, model: Classifier, noise_std: float = 0.1, n_perturb_samples: int = 10,
                  normalize: bool = True, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if noise_std <= 0 or n_perturb_samples < 1:
-            raise ConfigError(f"need noise_std > 0 and n_perturb_samples >= 1, got {noise_std}, {n_perturb_samples}")
-        self.__dict__["model"] = resolve_classifier(model)
+        check_number(noise_std, "noise_std", strict=True)
+        check_count(n_perturb_samples, "n_perturb_samples")
+        hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.noise_std, self.samples, self.normalize, self.seed = float(noise_std), int(n_perturb_samples), normalize, seed
         self._calls = 0
         self.add_state("infidelity_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -100,10 +99,10 @@ class Infidelity(Metric):
 
     def update(self, images: torch.Tensor, target: torch.Tensor | int, attributions: torch.Tensor) -> None:
         """Add a batch: images (N, C, H, W) normalised, target (N,) class indices, attributions (N, H, W)."""
-        check_map_batch(attributions, (images.shape[0], *images.shape[2:]))
+        check_maps(attributions, (images.shape[0], *images.shape[2:]))
         device = classifier_device(self.model, images.device)
         images = images.to(device)
-        target = as_targets(target, images.shape[0], device)
+        target = as_target(target, images.shape[0], device)
         maps = attributions.to(device, images.dtype).unsqueeze(1).expand_as(images)
 
         def perturb(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

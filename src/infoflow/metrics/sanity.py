@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
+from infoflow.errors import ConfigError, InputError
 from infoflow.models.zoo import ZooModel
 
 M = TypeVar("M", nn.Module, ZooModel)
 
 
-class _Method(Protocol):
+class Explainer(Protocol):
+    """What the metrics that re-run a method call: ``attribute(images (N, C, H, W), target (N,)) -> (N, H, W)``
+    (an `infoflow.interface.Attribution`, or any object with that method)."""
+
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -50,7 +54,7 @@ def ssim(
     window, sample covariance, mean over the positions whose window lies inside the image).
     """
     if x.shape != y.shape or x.dim() != 3 or min(x.shape[1:]) < win_size:
-        raise ValueError(
+        raise InputError(
             f"expected two (N, H, W) maps with H, W >= {win_size}, got {tuple(x.shape)}, {tuple(y.shape)}"
         )
     x, y = x.double().unsqueeze(1), y.double().unsqueeze(1)
@@ -137,7 +141,7 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
         target = module.get_submodule(path)
         resettable = [m for m in target.modules() if callable(getattr(m, "reset_parameters", None))]
         if not resettable:
-            raise ValueError(f"layer {name!r} ({path}) has no submodule with reset_parameters()")
+            raise ConfigError(f"layer {name!r} ({path}) has no submodule with reset_parameters()")
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed + step)
             for m in resettable:
@@ -148,7 +152,7 @@ def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> I
 def cascading_sanity_check(
     model: M,
     layers: Sequence[str],
-    make_method: Callable[[M], _Method],
+    make_method: Callable[[M], Explainer],
     batches: Iterable[dict[str, torch.Tensor]],
     signed: bool = False,
     seed: int = 0,

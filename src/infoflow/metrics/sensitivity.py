@@ -8,10 +8,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional import pearson_corrcoef
 
+from infoflow.errors import ConfigError, InputError
 from infoflow.metrics.perturb import (
     Classifier,
-    check_batch,
     classifier_device,
     perturbation_network,
     resolve_classifier,
@@ -20,6 +21,7 @@ from infoflow.metrics.perturb import (
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
 from infoflow.utils.precision import resolve_precision
+from infoflow.utils.validation import check_batch, check_count, check_number
 
 
 class SensitivityNResult(NamedTuple):
@@ -79,8 +81,12 @@ class SensitivityN(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not 0 < max_fraction <= 1 or num_n < 1 or num_subsets < 2 or batch_size < 1:
-            raise ValueError("need 0 < max_fraction <= 1, num_n >= 1, num_subsets >= 2 and batch_size >= 1")
+        if check_number(max_fraction, "max_fraction", 0.0, strict=True) > 1:
+            raise ConfigError(f"max_fraction must be in (0, 1] (a fraction of the tiles), got {max_fraction!r}")
+        check_count(num_n, "num_n")
+        if check_count(num_subsets, "num_subsets") < 2:
+            raise ConfigError(f"num_subsets must be an integer >= 2 (a correlation needs two), got {num_subsets!r}")
+        check_count(batch_size, "batch_size")
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
@@ -131,7 +137,7 @@ class SensitivityN(Metric):
         if drops is None:
             drops = self.drops(images, target)
         elif tuple(drops.shape) != (images.shape[0], *subsets.shape[:2]):
-            raise ValueError(f"drops of shape {tuple(drops.shape)} do not fit {images.shape[0]} images, "
+            raise InputError(f"drops of shape {tuple(drops.shape)} do not fit {images.shape[0]} images, "
                              f"{subsets.shape[0]} set sizes and {subsets.shape[1]} sets each")
         corr = pearson(tile_set_masses(attributions.to(device), self.grid, subsets), drops.to(device))
         self.corr_sum += corr.sum(0).to(self.corr_sum.device)
@@ -157,12 +163,16 @@ def is_constant(x: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dimension, in float64; 0 where x or y is constant (`is_constant`)."""
+    """Pearson correlation along the last dimension (torchmetrics' `pearson_corrcoef`), in float64; 0 where x
+    or y is constant (`is_constant`, also up to float64 rounding, where the coefficient is meaningless)."""
     x, y = x.double(), y.double()
     constant = is_constant(x) | is_constant(y)
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    corr = (x * y).sum(-1) / ((x * x).sum(-1) * (y * y).sum(-1)).sqrt()
+    if constant.numel() == 0 or bool(constant.all()):
+        return torch.zeros(constant.shape, dtype=torch.float64, device=x.device)
+    # torchmetrics correlates the columns of (samples, series); constant rows get a placeholder, then 0
+    ramp = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device)
+    x, y = (torch.where(constant[..., None], ramp, t).reshape(-1, t.shape[-1]).T for t in (x, y))
+    corr = pearson_corrcoef(x, y).reshape(constant.shape)
     return torch.where(constant, torch.zeros_like(corr), corr)
 
 

@@ -8,7 +8,7 @@ import torch
 from torchmetrics import Metric
 
 from infoflow.errors import InputError
-from infoflow.metrics.inputs import check_map_batch
+from infoflow.utils.validation import check_maps
 
 
 def gini(maps: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class Sparseness(Metric):
         """Add a batch of attribution maps (N, H, W)."""
         if attributions.dim() != 3:
             raise InputError(f"expected attribution maps (N, H, W), got {tuple(attributions.shape)}")
-        check_map_batch(attributions, tuple(attributions.shape))
+        check_maps(attributions, tuple(attributions.shape))
         self.gini_sum += gini(attributions).sum().to(self.gini_sum.device)
         self.count += attributions.shape[0]
 

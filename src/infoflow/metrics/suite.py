@@ -30,6 +30,7 @@ from infoflow.metrics.road import ROAD
 from infoflow.metrics.robustness import Infidelity, MaxSensitivity
 from infoflow.metrics.sensitivity import SensitivityN
 from infoflow.metrics.sparseness import Sparseness
+from infoflow.utils.modules import hide_module
 
 
 @dataclass
@@ -124,7 +125,7 @@ class MethodMetrics(nn.Module):
             metrics["random_logit"] = RandomLogit(signed, s.win_size)
         super().__init__()
         self.metrics = nn.ModuleDict(metrics)
-        self.__dict__["net"] = net  # not a submodule: the owner holds it
+        hide_module(self, "net", net)  # not a submodule: the owner holds it
         self.settings, self.size, self.num_classes = s, size, int(num_classes)
 
     def update(self, method: Attribution, batch: Mapping[str, Any], target: torch.Tensor, maps: torch.Tensor,

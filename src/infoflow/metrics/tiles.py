@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from infoflow.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -21,7 +23,10 @@ class TileGrid:
 
     def __post_init__(self) -> None:
         if min(self.height, self.width, self.tile_size) < 1:
-            raise ValueError(f"invalid tile grid {self}")
+            raise ConfigError(
+                f"tile_size and the image size must be integers >= 1, got tile_size={self.tile_size} for "
+                f"{self.height}x{self.width} images"
+            )
 
     @property
     def rows(self) -> int:

@@ -4,7 +4,8 @@ With frozen statistics a batch norm is an affine map per channel, so ``bn(conv(x
 with weights ``W * s`` and bias ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``. This removes the
 batch norms' forward and backward passes (a third of a ResNet's time in bf16 on a CPU). Pairs are found on
 a probe pass (a batch norm whose input is exactly a convolution's output); the folded copy is checked
-against the original on the probe, and the unfolded copy is returned if they differ.
+against the original on the probe, and the unfolded copy is returned if they differ. The folding itself is
+PyTorch's (`torch.nn.utils.fusion.fuse_conv_bn_eval`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @torch.no_grad()
@@ -49,11 +51,8 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor, rtol: float = 1e-4)
     for conv, bn in pairs:
         if calls[conv] != 1 or calls[bn] != 1 or bn.running_mean is None:
             continue
-        scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / (bn.running_var + bn.eps).sqrt()
-        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=conv.weight.requires_grad)
+        conv_parent, conv_name = parents[conv]
+        setattr(conv_parent, conv_name, fuse_conv_bn_eval(conv, bn))
         parent, name = parents[bn]
         setattr(parent, name, nn.Identity())
     folded = net(example)

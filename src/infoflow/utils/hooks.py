@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from infoflow.errors import ConfigError
+
 #: ``take(name, output) -> (kept, replacement)``: what to keep of a module's output, and what the network
 #: continues with (None: the output itself)
 Take = Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -65,9 +67,9 @@ def capture_outputs(
     def hook(name: str) -> Callable[[nn.Module, object, object], torch.Tensor | None]:
         def fn(_m: nn.Module, _i: object, output: object) -> torch.Tensor | None:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+                raise ConfigError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
             if name in out:
-                raise ValueError(f"layer {name!r} ({paths[name]}) runs more than once per forward pass")
+                raise ConfigError(f"layer {name!r} ({paths[name]}) runs more than once per forward pass")
             out.order.append(name)
             out[name], replacement = take(name, output)
             if wanted and wanted <= set(out):

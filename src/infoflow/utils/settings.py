@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 from omegaconf import DictConfig
 
 from infoflow.errors import ConfigError
+from infoflow.utils.validation import check_beta, check_choice, check_count
 
-
-def check_beta(beta: Any, name: str = "beta") -> float:
-    """`beta` as a float; the one rule everywhere: a finite number >= 0 (0: no information penalty)."""
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0 (in units of 1/k, e.g. beta=10 for 10/k), got {beta!r}")
-    return float(beta)
-
-
-def check_count(value: Any, name: str) -> int:
-    """`value` as an int >= 1 (a number of images, epochs, ...)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """`value`, which must be one of `choices`."""
-    if value not in choices:
-        raise ConfigError(f"{name}={value}: not a valid choice; choose one of: {' | '.join(choices)}")
-    return str(value)
+__all__ = ["check_beta", "check_choice", "check_common", "check_count", "check_trainer"]
 
 
 def check_trainer(cfg: DictConfig) -> None:

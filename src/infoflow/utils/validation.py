@@ -1,6 +1,10 @@
-"""Checks of what users pass in: image batches and class targets. Bad input is an `InputError`, never NaN.
+"""The one place where user input is checked: settings, image batches, class targets and attribution maps.
 
-The rules, shared by every attribution method, `explain()`, the metrics and SID:
+Every check raises a `infoflow.errors.UserError` subclass whose one-line message names the setting or argument,
+the problem and the valid range or choices: `ConfigError` for settings (config values, API arguments),
+`InputError` for tensors. Plain exceptions are left for broken internal invariants.
+
+The rules for tensors, shared by every attribution method, `explain()`, the metrics, the estimator and SID:
 
 - images are a float tensor (N, C, H, W) of the model's dtype (float32 unless the model was converted, e.g.
   with ``.double()``); uint8 or float64 images are refused rather than converted, since a uint8 image is
@@ -9,27 +13,83 @@ The rules, shared by every attribution method, `explain()`, the metrics and SID:
   with ``x`` in [0, 1] stay within a few units, so a larger value is a mistake (e.g. 1e30), not an image;
 - N = 0 is valid: methods return an empty (0, H, W) map without running the model;
 - targets are integer class indices: an int, a list of ints or an integer tensor, with one entry per image
-  or one for all. Floats (also whole-valued ones such as 1.0) and bools are refused, never truncated.
+  or one for all. Floats (also whole-valued ones such as 1.0) and bools are refused, never truncated;
+- attribution maps are (N, H, W), one per image, with finite values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from infoflow.errors import InputError
+from infoflow.errors import ConfigError, InputError
 
 #: the largest |value| accepted in a normalised image
 MAX_ABS_PIXEL = 1e4
 
 
-def _indices(mask: torch.Tensor, limit: int = 10) -> str:
+# ---------------------------------------------------------------- settings
+
+
+def check_beta(beta: Any, name: str = "beta") -> float:
+    """`beta` as a float; the one rule everywhere: a finite number >= 0 (0: no information penalty).
+
+    Strings (also ``"10"``) and bools are refused, never converted."""
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
+        raise ConfigError(
+            f"{name} must be a finite number >= 0 (0: no information penalty), in units of 1/k (e.g. {name}=10 "
+            f"for 10/k), got {beta!r}"
+        )
+    return float(beta)
+
+
+def check_count(value: Any, name: str) -> int:
+    """`value` as an int >= 1 (a number of images, epochs, steps, ...); bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """`value`, which must be one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value}: not a valid choice; choose one of: {' | '.join(choices)}")
+    return str(value)
+
+
+def check_number(value: Any, name: str, minimum: float = 0.0, strict: bool = False) -> float:
+    """`value` as a float: a finite number >= `minimum` (> `minimum` when `strict`); bools and strings are
+    refused."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or (value <= minimum if strict else value < minimum)
+    ):
+        raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int | str:
+    """A batch size: an int >= 1, or ``"auto"`` (the largest that fits, chosen by the method)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------- images and targets
+
+
+def _indices(mask: torch.Tensor, noun: str = "image", limit: int = 10) -> str:
     """'images 0, 3' / 'image 2' for the True rows of `mask` (N,), at most `limit` listed."""
     idx = mask.nonzero().flatten().tolist()
     shown = ", ".join(map(str, idx[:limit])) + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
-    return f"image{'s' if len(idx) > 1 else ''} {shown}"
+    return f"{noun}{'s' if len(idx) > 1 else ''} {shown}"
 
 
 def check_images(
@@ -43,7 +103,7 @@ def check_images(
 
     Args:
         images: the batch to check; N may be 0.
-        input_size: expected (C, H, W), if known.
+        input_size: expected (C, H, W), or (H, W) when any number of channels is valid; None: any.
         dtype: expected floating dtype (the model's); any floating dtype when None.
         model: the model's name, for the messages.
         bound: the largest |value| accepted.
@@ -51,8 +111,12 @@ def check_images(
     of = f"model {model!r}" if model else "the model"
     if not isinstance(images, torch.Tensor):
         raise InputError(f"images must be a torch.Tensor (N, C, H, W), got {type(images).__name__}")
-    shape = "(N, " + ", ".join(map(str, input_size)) + ")" if input_size is not None else "(N, C, H, W)"
-    if images.dim() != 4 or (input_size is not None and tuple(images.shape[1:]) != tuple(input_size)):
+    size = tuple(input_size) if input_size is not None else None
+    if size is None:
+        shape = "(N, C, H, W)"
+    else:
+        shape = "(N, " + ("C, " if len(size) == 2 else "") + ", ".join(map(str, size)) + ")"
+    if images.dim() != 4 or (size is not None and tuple(images.shape[4 - len(size):]) != size):
         raise InputError(f"{of} expects images of shape {shape}, got {tuple(images.shape)}")
     want = "float32" if dtype in (None, torch.float32) else str(dtype).removeprefix("torch.")
     if not images.is_floating_point() or (dtype is not None and images.dtype != dtype):
@@ -61,9 +125,15 @@ def check_images(
             + (": convert to float and normalise with the data set's mean and std" if not images.is_floating_point()
                else f": convert them with images.to(torch.{want})")
         )
-    if images.numel() == 0:
+    check_finite(images, "image", bound)
+
+
+def check_finite(values: torch.Tensor, noun: str = "image", bound: float = math.inf) -> None:
+    """Raise an `InputError` naming the rows of `values` (N, ...) that hold NaN, inf or values beyond ±`bound`
+    (e.g. "image 1 contains NaN")."""
+    if values.numel() == 0:
         return
-    x = images.detach()
+    x = values.detach()
     if bool(x.abs().amax() <= bound):  # NaN fails this comparison too
         return
     flat = x.flatten(1)
@@ -75,8 +145,9 @@ def check_images(
     ):
         if mask.any():
             n = int(mask.sum())
-            problems.append(f"{_indices(mask)} contain{'s' if n == 1 else ''} {what}")
-    raise InputError(f"{'; '.join(problems)}: expected finite, normalised images (|x| <= {bound:g})")
+            problems.append(f"{_indices(mask, noun)} contain{'s' if n == 1 else ''} {what}")
+    limit = f" (|x| <= {bound:g})" if math.isfinite(bound) else ""
+    raise InputError(f"{'; '.join(problems)}: expected finite, normalised {noun}s{limit}")
 
 
 def as_target(
@@ -127,3 +198,46 @@ def check_class_indices(target: torch.Tensor, num_classes: int | None = None, mo
             f"target out of range: {of} has {num_classes} classes (0..{num_classes - 1}),"
             f" got {target.reshape(-1).tolist()}"
         )
+
+
+# ---------------------------------------------------------------- maps and regions
+
+
+def check_maps(maps: Any, shape: Sequence[int], what: str = "attribution maps") -> None:
+    """Raise an `InputError` unless `maps` is a tensor of `shape` (e.g. (N, H, W) of the images, one map per
+    image) with only finite values."""
+    if not isinstance(maps, torch.Tensor):
+        raise InputError(f"{what} must be a torch.Tensor of shape {tuple(shape)}, got {type(maps).__name__}")
+    if tuple(maps.shape) != tuple(shape):
+        raise InputError(f"expected {what} of shape {tuple(shape)} (one (H, W) map per image), got {tuple(maps.shape)}")
+    if maps.is_floating_point() and not torch.isfinite(maps).all():
+        bad = int((~torch.isfinite(maps)).flatten(1).any(1).sum()) if maps.dim() > 1 else 1
+        raise InputError(f"{what} contain NaN or infinite values ({bad} of {maps.shape[0]} maps)")
+
+
+def check_regions(regions: Any, shape: Sequence[int], what: str = "region masks") -> torch.Tensor:
+    """Validate region masks (N, H, W) (boxes drawn as masks, or object masks); return them as bool.
+
+    Raises an `InputError` for a wrong shape, an empty region (nothing to point at) or a region covering the
+    whole image (every map would score 1)."""
+    if not isinstance(regions, torch.Tensor) or tuple(regions.shape) != tuple(shape):
+        got = tuple(regions.shape) if isinstance(regions, torch.Tensor) else type(regions).__name__
+        raise InputError(f"expected {what} of shape {tuple(shape)} (boxes or object masks), got {got}")
+    regions = regions.bool()
+    area = regions.flatten(1).sum(1)
+    if (area == 0).any():
+        raise InputError(f"{int((area == 0).sum())} image(s) have an empty region (no box or mask pixel): "
+                         "drop them, or the metric has nothing to point at")
+    if (area == regions[0].numel()).any():
+        raise InputError(f"{int((area == regions[0].numel()).sum())} image(s) have a region covering the whole "
+                         "image: every map would score 1; drop them")
+    return regions
+
+
+def check_batch(images: Any, target: Any, maps: Any, size: Sequence[int]) -> torch.Tensor:
+    """What a perturbation metric gets: images (N, C, H, W) of image size `size` = (H, W), maps (N, H, W) (when
+    not None) and targets; returns the targets as (N,) int64 on the images' device."""
+    check_images(images, tuple(size))
+    if maps is not None:
+        check_maps(maps, (images.shape[0], *size))
+    return as_target(target, images.shape[0], images.device)

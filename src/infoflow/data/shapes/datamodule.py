@@ -11,11 +11,12 @@ from infoflow.data.shapes.augment import dihedral_augment, relabel_empty
 from infoflow.data.shapes.dataset import ShapesDataset
 from infoflow.data.shapes.geometry import SHAPE_NAMES
 from infoflow.data.shapes.render import MIN_IMAGE_SIZE, SPLITS, render_split
+from infoflow.errors import ConfigError
 
 
 def _check_int(name: str, value: int, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class ShapesDataModule(ImageDataModule):
@@ -56,7 +57,7 @@ class ShapesDataModule(ImageDataModule):
         super().__init__()
         _check_int("image_size", image_size, MIN_IMAGE_SIZE)
         if isinstance(num_classes, bool) or num_classes not in range(2, len(SHAPE_NAMES) + 1):
-            raise ValueError(
+            raise ConfigError(
                 f"num_classes must be in 2..{len(SHAPE_NAMES)} (classes, in order: "
                 f"{', '.join(SHAPE_NAMES)}), got {num_classes!r}"
             )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from infoflow.errors import ConfigError
 from infoflow.iba.bottleneck import capacity_to_heatmap
 from infoflow.iba.per_sample import IBAResult
 from infoflow.iba.readout.meta import check_meta, load_readout, setup_meta
@@ -45,11 +46,11 @@ class ReadoutIBA(Attribution):
     ) -> ReadoutIBA:
         """The readout of checkpoint `readout_ckpt` for `model`.
 
-        Raises ValueError when the checkpoint was trained for another model, weights, `layer` or `data`
+        Raises a `ConfigError` when the checkpoint was trained for another model, weights, `layer` or `data`
         (the data config; None skips that check).
         """
         if readout_ckpt is None:
-            raise ValueError("method=readout needs readout_ckpt=<path>: the readout.pt or checkpoints/last.ckpt of a"
+            raise ConfigError("method=readout needs readout_ckpt=<path>: the readout.pt or checkpoints/last.ckpt of a"
                              " `python train.py task=readout` run")
         meta, state = load_readout(readout_ckpt)
         check_meta(meta, setup_meta(model, layer, data), str(readout_ckpt))

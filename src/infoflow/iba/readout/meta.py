@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
+from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.cache import LOADER_KEYS, SELECTION_KEYS, data_signature
 from infoflow.utils.cache import tensor_fingerprint as weights_fingerprint
-from infoflow.utils.checkpoint import load_file
+from infoflow.utils.checkpoint import CheckpointError, load_file
 
 #: key of the metadata in readout checkpoints (Lightning ``.ckpt`` or the exported ``readout.pt``)
 META_KEY = "readout_meta"
@@ -62,7 +63,7 @@ def check_meta(found: Mapping[str, Any], expected: Mapping[str, Any], source: st
                 for k in keys if found["data"].get(k) != expected["data"].get(k)]
         problems.append("data (" + "; ".join(diff) + ")")
     if problems:
-        raise ValueError(f"readout checkpoint {source} was trained for another setup: " + "; ".join(problems)
+        raise ConfigError(f"readout checkpoint {source} was trained for another setup: " + "; ".join(problems)
                          + ". Use a checkpoint trained for this model, layer and data (python train.py task=readout"
                          " model=... layer=... data=...), or change the overrides to match it.")
 
@@ -75,7 +76,7 @@ def load_readout(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     """(metadata, readout state dict) of a readout checkpoint, read with ``weights_only=True``."""
     obj = load_file(path)
     if not isinstance(obj, dict) or META_KEY not in obj or not isinstance(obj.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a Readout Bottleneck checkpoint (train one with `python train.py task=readout`;"
+        raise CheckpointError(f"{path} is not a Readout Bottleneck checkpoint (train one with `python train.py task=readout`;"
                          " its run directory holds readout.pt and checkpoints/last.ckpt)")
     state = {k[len(STATE_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(STATE_PREFIX)}
     return obj[META_KEY], state

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infoflow.errors import ConfigError, InputError
 from infoflow.iba.bottleneck import Bottleneck
 from infoflow.iba.estimator import Estimator, NotEstimatedError
 from infoflow.iba.readout.meta import setup_meta
@@ -79,13 +80,13 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
     ) -> None:
         super().__init__()
         if not readout_layers:
-            raise ValueError("readout_layers is empty: give at least one layer to read out")
+            raise ConfigError("readout_layers is empty: give at least one layer to read out")
         self.zoo = model
         self.layer_name, self.layer_path = layer, model.layer_path(layer)
         self.readout_names = list(readout_layers)
         self.readout_paths = [model.layer_path(name) for name in self.readout_names]
         if len(set(self.readout_paths)) != len(self.readout_paths):
-            raise ValueError(f"readout_layers {self.readout_names} name the same layer twice")
+            raise ConfigError(f"readout_layers {self.readout_names} name the same layer twice")
         #: layers whose statistics are estimated: the readouts and the bottleneck layer, name -> module path
         self.stat_layers = dict(zip(self.readout_names, self.readout_paths, strict=True))
         if self.layer_path not in self.readout_paths:
@@ -102,10 +103,10 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         self.shapes = {path: tuple(f.shape[1:]) for path, f in features.items()}
         for name, path in self.stat_layers.items():
             if len(self.shapes[path]) not in (1, 3):
-                raise ValueError(f"layer {name!r} ({path}) outputs shape {self.shapes[path]}: readouts must be "
+                raise ConfigError(f"layer {name!r} ({path}) outputs shape {self.shapes[path]}: readouts must be "
                                  "(C, H, W) feature maps or (D,) vectors")
         if len(self.shapes[self.layer_path]) != 3:
-            raise ValueError(f"bottleneck layer {layer!r} outputs {self.shapes[self.layer_path]}, not a (C, H, W) map")
+            raise ConfigError(f"bottleneck layer {layer!r} outputs {self.shapes[self.layer_path]}, not a (C, H, W) map")
         self.feature_shape: tuple[int, int, int] = self.shapes[self.layer_path]  # type: ignore[assignment]
         shape = self.feature_shape
         self.bottleneck = Bottleneck(torch.zeros(shape), torch.ones(shape), torch.ones(shape, dtype=torch.bool), sigma)
@@ -118,7 +119,7 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         channels = sum(self.readout_channels)
         hidden = list(hidden) if hidden else [shape[0], shape[0]]
         if len(hidden) != 2:
-            raise ValueError(f"hidden must give the channels of the 2 hidden 1x1 convolutions, got {hidden}")
+            raise ConfigError(f"hidden must give the channels of the 2 hidden 1x1 convolutions, got {hidden}")
         self.hidden = hidden
         widths = [channels, *hidden]
         layers: list[nn.Module] = []
@@ -153,7 +154,7 @@ class ReadoutBottleneck(MovesHidden, nn.Module):
         """Copy the (synced) statistics of every layer in `stat_layers` (by name) into the buffers in place."""
         missing = sorted(set(self.stat_layers) - set(estimators))
         if missing:
-            raise ValueError(f"no statistics for layers {missing}")
+            raise InputError(f"no statistics for layers {missing}: give an estimator for each of {sorted(self.stat_layers)}")
         with torch.no_grad():
             for i, name in enumerate(self.readout_names):
                 scale, shift = self.readout_norm(i)
