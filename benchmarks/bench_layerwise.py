@@ -8,8 +8,8 @@ a CPU: by default 2 Adam steps with 1 noise draw each, 1 evaluation draw and 1 p
 
 Per ``--precisions`` value (fp32 and bf16 by default), the same SID runs with both layer schedules
 (``SIDConfig.schedule``: ``batched``, ``per-layer``; ``auto`` picks by device, see `infoflow.discarding.sid`) and with the deepest
-layer alone, and the ratio (all 13 layers) / (deepest alone) is printed (target <= 2; the FLOPs alone give
-~7.4 for VGG-16, the sum over layers of the network up to each). bf16 lines give the largest |mean log
+layer alone, and the ratio (all 13 layers) / (deepest alone) is printed (next to its arithmetic
+floor: the FLOPs alone give ~7.4 for VGG-16, the sum over layers of the network up to each). bf16 lines give the largest |mean log
 sigma - fp32| over (image, layer) pairs (bound 0.01, i.e. sigma within 1 %, on trained networks).
 
     python benchmarks/bench_layerwise.py [--steps 2] [--images 1] [--size 224] [--device cuda]

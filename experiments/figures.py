@@ -1,4 +1,4 @@
-"""Regenerate every figure and table that the README quotes, into one folder: ``make figures``.
+"""Regenerate every figure and table that the docs (docs/) quote, into one folder: ``make figures``.
 
     python experiments/figures.py [--out figures] [--only demo,table1,layerwise,bench]
 
@@ -90,7 +90,7 @@ def main() -> None:
         sys.exit(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sections = [f"# Figures and tables of the README\n\nRegenerated with `python experiments/figures.py "
+    sections = [f"# Figures and tables of the docs\n\nRegenerated with `python experiments/figures.py "
                 f"--only {','.join(steps)}` (`make figures`) on {_machine()}."]
     for step in steps:
         if step == "bench":

@@ -97,7 +97,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path) -> None:
 
 
 def test_offline_pretrained_download_says_how_to_pass_a_file() -> None:
-    # This machine has no network: the real torchvision download fails, and the error explains the fix.
+    # The tests run without network: the real torchvision download fails, and the error explains the fix.
     with pytest.raises(RuntimeError, match=r"weights=/path/to/resnet18-.*\.pth"):
         get_model("resnet18", weights="IMAGENET1K_V1")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
