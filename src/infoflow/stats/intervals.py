@@ -20,23 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _stats
 
-from infoflow.errors import ConfigError, InputError
-from infoflow.utils.validation import check_choice, check_count
+from infoflow.errors import InputError
+from infoflow.utils.validation import check_choice, check_count, check_level, check_seed
 
 #: interval methods: bootstrap percentile, basic, bias-corrected and accelerated, and Student t
 METHODS = ("percentile", "basic", "bca", "t")
-
-
-def _check_level(level: object, name: str = "level") -> float:
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < float(level) < 1.0:
-        raise ConfigError(f"{name} must be a number strictly between 0 and 1 (e.g. 0.95), got {level!r}")
-    return float(level)
-
-
-def _check_seed(seed: object, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{name} must be an integer >= 0, got {seed!r}")
-    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -50,9 +38,9 @@ class BootstrapSettings:
     method: str = "percentile"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "level", _check_level(self.level, "bootstrap.level"))
+        object.__setattr__(self, "level", check_level(self.level, "bootstrap.level"))
         object.__setattr__(self, "n_resamples", check_count(self.n_resamples, "bootstrap.n_resamples"))
-        object.__setattr__(self, "seed", _check_seed(self.seed, "bootstrap.seed"))
+        object.__setattr__(self, "seed", check_seed(self.seed, "bootstrap.seed"))
         object.__setattr__(self, "method", check_choice(self.method, "bootstrap.method", METHODS))
 
 
@@ -113,9 +101,9 @@ def mean_interval(
 ) -> Interval:
     """The mean of `values` (n,) with its `level` interval: a seeded bootstrap over the values
     (`scipy.stats.bootstrap`, vectorised) or, with method="t", the Student t interval mean +- t * sd / sqrt(n)."""
-    level = _check_level(level)
+    level = check_level(level)
     method = check_choice(method, "method", METHODS)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     n_resamples = check_count(n_resamples, "n_resamples")
     arr = _as_values(values)
     n = arr.size
@@ -216,8 +204,8 @@ def cluster_difference(
     a two-stage bootstrap (seeds, then images within each seed), drawn independently for the two arms.
 
     `a_by_seed[i]` holds the per-image values (n_i,) of arm a trained with its i-th seed."""
-    level = _check_level(level)
-    seed = _check_seed(seed)
+    level = check_level(level)
+    seed = check_seed(seed)
     n_resamples = check_count(n_resamples, "n_resamples")
     a, b = _arm(a_by_seed, "a_by_seed"), _arm(b_by_seed, "b_by_seed")
     estimate = float(np.mean([v.mean() for v in b]) - np.mean([v.mean() for v in a]))
