@@ -118,6 +118,47 @@ def test_layerwise_rows_do_not_depend_on_the_sharding(tmp_path: Path) -> None:
     assert means["epoch"].tolist() == [1, 1] and means["images"].tolist() == [3, 3]
     assert means["sid_per_pixel"].to_numpy() == pytest.approx(
         images.groupby("layer_index")["sid_per_pixel"].mean().to_numpy())
+    # each mean comes with the bootstrap interval over the same 3 images
+    from infoflow.stats import mean_interval
+
+    for q in ("sid_per_pixel", "concentration", "ru_per_pixel"):
+        assert ((means[f"{q}_low"] <= means[q]) & (means[q] <= means[f"{q}_high"])).all(), q
+        for layer_index, g in images.groupby("layer_index"):
+            iv = mean_interval(g[q].to_numpy(), level=cb.bootstrap.level, seed=cb.bootstrap.seed,
+                               n_resamples=cb.bootstrap.n_resamples)
+            row = means[means["layer_index"] == layer_index].iloc[0]
+            assert (row[f"{q}_low"], row[f"{q}_high"]) == pytest.approx((iv.low, iv.high)), q
+    # the per-image rows carry the analysis's columns (one row builder for both)
+    assert {"constraint_ratio_fresh", "converged", "label", "layer"} <= set(whole.columns)
+
+
+def test_bootstrap_settings_are_checked_before_training() -> None:
+    with pytest.raises(ConfigError, match="bootstrap.level"):
+        LayerwiseCallback(model="shapesnet", bootstrap={"level": 95})
+    with pytest.raises(ConfigError, match="callbacks.layerwise.bootstrap: .*valid fields: level, n_resamples"):
+        LayerwiseCallback(model="shapesnet", bootstrap={"confidence": 0.9})
+
+
+def test_layer_curves_name_the_layers_and_draw_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import infoflow.viz as viz
+
+    seen = {}
+    save = viz.save_figure
+
+    def capture(fig, path, provenance="", tight=True):  # type: ignore[no-untyped-def]
+        ax = fig.axes[0]
+        seen["ticks"] = [t.get_text() for t in ax.get_xticklabels()]
+        seen["bands"] = [c.get_paths()[0].vertices for c in ax.collections]
+        return save(fig, path, provenance, tight)
+
+    monkeypatch.setattr(viz, "save_figure", capture)
+    mean, low, high = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.5, 2.0]), np.array([1.5, 2.5, 4.0])
+    viz.plot_layer_curves({"a": (mean, low, high)}, ["conv1", "conv2", "fc"], tmp_path / "c.png", "SID")
+    assert seen["ticks"] == ["conv1", "conv2", "fc"]
+    [band] = seen["bands"]
+    assert band[:, 1].min() == pytest.approx(0.5) and band[:, 1].max() == pytest.approx(4.0)
 
 
 # ---- a real train.py run: W&B (read back), CSV, PNG ------------------------------------------------
@@ -214,6 +255,10 @@ def test_cli_run_writes_csv_and_png(cli_run: Path) -> None:
     x = attr[pick & (attr["curve"] == "morf")]["x"].to_numpy()
     assert score == pytest.approx(float(((lerf - morf)[1:] + (lerf - morf)[:-1]) @ (x[1:] - x[:-1]) / 2))
     assert attr[attr["curve"] == "bbox"]["y"].between(0, 1).all()
+    means = pd.read_csv(out / "layerwise.csv")
+    assert {"sid_per_pixel_low", "sid_per_pixel_high", "concentration_low", "concentration_high"} <= set(means)
+    assert ((means["sid_per_pixel_low"] <= means["sid_per_pixel"])
+            & (means["sid_per_pixel"] <= means["sid_per_pixel_high"])).all()
     for name in ("layerwise_sid_layer_epoch.png", "layerwise_sid_curves.png", "layerwise_concentration_curves.png",
                  "attribution_degradation_curves.png", "attribution_sensitivity_curves.png",
                  "attribution_metric_epoch.png"):

@@ -152,3 +152,104 @@ def test_layerwise_reports_both_constraint_ratios_and_a_shared_colour_scale(tmp_
     high = max(float(a.max()) for a in arrays)
     assert clims[0] == pytest.approx((low, high))
     assert labels == ["SID [nats/pixel]"]
+
+
+def _synthetic_rows(n_images: int, seed: int = 0) -> pd.DataFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, shift in (("a", 0.0), ("b", 0.3)):
+        for i in range(n_images):
+            base = rng.normal(0, 1)  # per-image difficulty, shared by the models
+            for j, layer in enumerate(["conv1", "conv2"]):
+                rows.append({"model": model, "image": i, "layer": layer, "layer_index": j + 1,
+                             "sid_per_pixel": base + shift * (j + 1) + 0.01 * j,
+                             "ru_per_pixel": float("nan"), "concentration": base,
+                             "constraint_ratio_fresh": 1.0 + 0.01 * i})
+    # the same per-image base for both models: draw once, copy
+    df = pd.DataFrame(rows)
+    a = df[df.model == "a"].reset_index(drop=True)
+    b = df[df.model == "b"].reset_index(drop=True)
+    b["sid_per_pixel"] = a["sid_per_pixel"] + 0.3 * b["layer_index"] + rng.normal(0, 0.05, len(b))
+    b["concentration"] = a["concentration"]
+    return pd.concat([a, b], ignore_index=True)
+
+
+def test_summary_intervals_contain_the_mean_and_shrink_with_more_images():
+    from infoflow.layer_report import summarize
+    from infoflow.stats import BootstrapSettings, mean_interval
+
+    boot = BootstrapSettings(n_resamples=2000)
+    few, many = summarize(_synthetic_rows(8), boot), summarize(_synthetic_rows(128), boot)
+    for table in (few, many):
+        assert (table["sid_per_pixel_low"] <= table["sid_per_pixel"]).all()
+        assert (table["sid_per_pixel"] <= table["sid_per_pixel_high"]).all()
+        assert table["ru_per_pixel"].isna().all() and table["ru_per_pixel_low"].isna().all()
+    width = lambda t: (t["sid_per_pixel_high"] - t["sid_per_pixel_low"]).to_numpy()  # noqa: E731
+    assert (width(many) < 0.5 * width(few)).all()  # ~ 1/sqrt(n): 4x fewer would be sqrt(16) = 4
+    df = _synthetic_rows(8)
+    cell = df[(df.model == "a") & (df.layer == "conv2")]["sid_per_pixel"].to_numpy()
+    row = few[(few.model == "a") & (few.layer == "conv2")].iloc[0]
+    iv = mean_interval(cell, n_resamples=2000)
+    assert (row["sid_per_pixel"], row["sid_per_pixel_low"], row["sid_per_pixel_high"]) == (iv.estimate, iv.low, iv.high)
+    assert row["images"] == 8 and row["constraint_ratio_fresh_max"] == pytest.approx(1.07)
+
+
+def test_paired_difference_is_the_bootstrap_of_per_image_differences_and_narrower_than_unpaired():
+    from infoflow.layer_report import paired_differences, summarize
+    from infoflow.stats import BootstrapSettings, mean_interval
+
+    boot = BootstrapSettings(n_resamples=2000, seed=3)
+    df = _synthetic_rows(16)
+    diffs = paired_differences(df, boot)
+    assert list(diffs["model"]) == ["b", "b"] and set(diffs["reference"]) == {"a"}
+    for layer in ("conv1", "conv2"):
+        a = df[(df.model == "a") & (df.layer == layer)].sort_values("image")["sid_per_pixel"].to_numpy()
+        b = df[(df.model == "b") & (df.layer == layer)].sort_values("image")["sid_per_pixel"].to_numpy()
+        iv = mean_interval(b - a, n_resamples=2000, seed=3)
+        row = diffs[diffs.layer == layer].iloc[0]
+        assert (row["sid_per_pixel_diff"], row["sid_per_pixel_diff_low"], row["sid_per_pixel_diff_high"]) == \
+            pytest.approx((iv.estimate, iv.low, iv.high))
+        assert row["sid_per_pixel_diff_low"] > 0  # the planted shift, found despite the image spread
+        # the same concentration in both models: an exact zero difference
+        assert row["concentration_diff"] == 0 and row["concentration_diff_low"] == 0
+    summ = summarize(df, boot)
+    unpaired = summ[summ.layer == "conv1"]
+    unpaired_width = (unpaired["sid_per_pixel_high"] - unpaired["sid_per_pixel_low"]).min()
+    paired_width = (diffs["sid_per_pixel_diff_high"] - diffs["sid_per_pixel_diff_low"]).iloc[0]
+    assert paired_width < 0.3 * unpaired_width
+
+
+def test_compare_writes_intervals_differences_and_named_layer_ticks(tmp_path, random_shapesnet, monkeypatch):
+    import infoflow.viz as viz
+
+    ticks = {}
+    save = viz.save_figure
+
+    def capture(fig, path, provenance="", tight=True):
+        if Path(path).name.endswith("_curves.png"):
+            ax = fig.axes[0]
+            ticks[Path(path).name] = ([t.get_text() for t in ax.get_xticklabels()], len(ax.collections))
+        return save(fig, path, provenance, tight)
+
+    monkeypatch.setattr(viz, "save_figure", capture)
+    compare = f"analysis.compare=[{{name: a, model: shapesnet, weights: none}}, {{name: b, model: shapesnet, weights: '{random_shapesnet}'}}]"
+    summary = _evaluate(tmp_path, "analysis=layerwise", compare, *TINY_SHAPES, "analysis.layers=[conv1,conv3]",
+                        "analysis.ru=false", "analysis.bootstrap.n_resamples=500", *QUICK,
+                        "analysis.num_images=3")
+    table = pd.read_csv(tmp_path / "layerwise_summary.csv")
+    for q in ("sid_per_pixel", "concentration"):
+        assert {q, f"{q}_low", f"{q}_high"} <= set(table.columns)
+        assert ((table[f"{q}_low"] <= table[q]) & (table[q] <= table[f"{q}_high"])).all()
+    diffs = pd.read_csv(tmp_path / "layerwise_differences.csv")
+    assert list(diffs["model"]) == ["b", "b"] and list(diffs["layer"]) == ["conv1", "conv3"]
+    rows = pd.read_csv(tmp_path / "layerwise.csv")
+    a = rows[(rows.model == "a") & (rows.layer == "conv3")].sort_values("image")["sid_per_pixel"].to_numpy()
+    b = rows[(rows.model == "b") & (rows.layer == "conv3")].sort_values("image")["sid_per_pixel"].to_numpy()
+    assert diffs.iloc[1]["sid_per_pixel_diff"] == pytest.approx((b - a).mean())
+    assert "sid_per_pixel_diff_low" in (tmp_path / "layerwise_differences.md").read_text()
+    assert summary["b/conv3/sid_per_pixel_diff_high"] == pytest.approx(diffs.iloc[1]["sid_per_pixel_diff_high"])
+    assert summary["a/conv1/sid_per_pixel_low"] == pytest.approx(table.iloc[0]["sid_per_pixel_low"])
+    assert ticks["sid_curves.png"] == (["conv1", "conv3"], 2)  # layer names; one band per model
+    assert ticks["sid_diff_curves.png"][0] == ["conv1", "conv3"]

@@ -128,3 +128,53 @@ def plot_curves(
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return save_figure(fig, path, provenance)
+
+
+def plot_layer_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    layers: Sequence[str],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    provenance: str = "",
+    band: str = "95% interval",
+) -> Path:
+    """One line per name over the `layers` (x ticks named by layer), each a (mean, low, high) triple of
+    arrays (len(layers),), drawn as the mean with a shaded band from low to high (NaN bounds: no band)."""
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * len(layers) + 2.0), 3.8))
+    x = np.arange(len(layers))
+    for name, (mean, low, high) in curves.items():
+        (line,) = ax.plot(x, mean, label=name, marker=".")
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xticks(x, list(layers), rotation=30 if len(layers) > 6 else 0, fontsize=7)
+    ax.set_xlabel(f"layer (bands: {band})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path, provenance)
+
+
+def plot_matrix(
+    values: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[object],
+    path: str | Path,
+    title: str,
+    unit: str,
+    xlabel: str = "epoch",
+    provenance: str = "",
+) -> Path:
+    """A rows x cols heatmap (e.g. layer x epoch) with the values written in the cells, a bar in `unit`."""
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * max(len(cols), 3), 1.0 + 0.45 * max(len(rows), 2)))
+    lo, hi = _limits(values)
+    im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(im, ax=ax, label=unit)
+    return save_figure(fig, path, provenance)

@@ -14,15 +14,23 @@ first ``analysis.num_images`` test images, at every conv layer or ``analysis.lay
 All values are per pixel of the [0, 1] input, in nats (SID/RU ``per_pixel``), so layers and networks compare.
 The constraint ratio E||h(x') - f||² / (alpha delta_f²) is reported on the projection's noise draws and on
 fresh ones (``constraint_ratio``, ``constraint_ratio_fresh``, with standard errors); the fresh one decides
-``converged``. Writes ``layerwise.csv`` (one row per model x image x layer), ``layerwise_summary.csv`` and
-``.md`` (means per model and layer; the fresh ratio also as min and max over images),
-``layerwise/{sid,ru,concentration}_curves.png`` and ``layerwise/{sid,ru}_maps_<model>.png`` (one shared colour
-scale per figure, with a colour bar in nats per pixel).
+``converged``.
+
+Uncertainty (`infoflow.layer_report`, `infoflow.stats`): SID, RU and concentration are the mean over the
+images with an ``analysis.bootstrap.level`` interval (a seeded bootstrap over images, ``analysis.bootstrap``);
+with several models, the paired difference of every model from the first, on the same images, with its
+interval. Writes ``layerwise.csv`` (one row per model x image x layer), ``layerwise_summary.csv`` and ``.md``
+(per model and layer: ``<q>``, ``<q>_low``, ``<q>_high``; diagnostic means; the fresh ratio also as min and
+max over images), ``layerwise_differences.csv`` and ``.md`` (``<q>_diff`` with ``_low``, ``_high``),
+``layerwise/{sid,ru,concentration}[_diff]_curves.png`` (bands: the intervals; x ticks: the layer names) and
+``layerwise/{sid,ru}_maps_<model>.png`` (one shared colour scale per figure, with a colour bar in nats per
+pixel).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,10 +43,7 @@ from infoflow.analyses.common import evaluation_batches, log_results, output_dir
 from infoflow.builders import build_datamodule, build_model
 from infoflow.data.base import ImageDataModule
 from infoflow.discarding import (
-    RUResult,
     SIDConfig,
-    SIDResult,
-    concentration,
     decoder_path,
     layerwise_ru,
     layerwise_sid,
@@ -47,9 +52,11 @@ from infoflow.discarding import (
     resolve_layers,
 )
 from infoflow.discarding.decoder import TRAIN_COMMAND
+from infoflow.layer_report import layer_rows, paired_differences, summarize
 from infoflow.models.zoo import ZooModel, get_model
+from infoflow.stats import BootstrapSettings
 from infoflow.utils.tables import to_markdown_table, write_markdown
-from infoflow.viz import plot_curves, plot_grid
+from infoflow.viz import plot_grid, plot_layer_curves
 
 #: per-layer quantities: CSV column -> (curve file, axis label)
 _CURVES = {
@@ -96,48 +103,32 @@ def want_ru(label: str, model: ZooModel, layers: Sequence[str], decoder_dir: str
     return not missing
 
 
-def layer_rows(
-    label: str,
-    sid: SIDResult,
-    ru: RUResult | None,
-    mask: torch.Tensor | None,
-    labels: torch.Tensor,
-) -> list[dict[str, Any]]:
-    """One row per image x layer: SID (per pixel and total), RU and concentration in nats; the constraint ratio
-    E||h(x') - f||² / (alpha delta_f²) on the projection's draws (in-sample) and on fresh draws, with their
-    Monte-Carlo standard errors; `converged` is the fresh ratio within the tolerance.
-
-    Args:
-        mask: (N, H, W) object mask at the image size, or None (concentration NaN).
-        labels: (N,) class labels.
-    """
-    conc = concentration(sid.maps, mask) if mask is not None else torch.full(sid.per_pixel.shape, float("nan"))
-    rows = []
-    for i in range(sid.per_pixel.shape[0]):
-        for j, layer in enumerate(sid.layers):
-            rows.append({
-                "model": label, "image": i, "label": int(labels[i]), "layer": layer, "layer_index": j + 1,
-                "sid_per_pixel": float(sid.per_pixel[i, j]), "sid_total": float(sid.total[i, j]),
-                "constraint_ratio": float(sid.ratio[i, j]), "constraint_ratio_se": float(sid.ratio_se[i, j]),
-                "constraint_ratio_fresh": float(sid.ratio_fresh[i, j]),
-                "constraint_ratio_fresh_se": float(sid.ratio_fresh_se[i, j]),
-                "constraint_draws": int(sid.draws[i, j]), "converged": bool(sid.converged[i, j]),
-                "ru_per_pixel": float(ru.per_pixel[i, j]) if ru is not None else float("nan"),
-                "concentration": float(conc[i, j]),
-            })
-    return rows
+def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
+    """`BootstrapSettings` of ``analysis.bootstrap`` (level, n_resamples, seed, method)."""
+    return BootstrapSettings(**OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Means over images per (model, layer), in layer order; the fresh constraint ratio also as min and max."""
-    cols = ["sid_per_pixel", "ru_per_pixel", "concentration", "sid_total", "constraint_ratio",
-            "constraint_ratio_fresh", "converged"]
-    groups = df.groupby(["model", "layer_index", "layer"], sort=True)
-    out = groups[cols].mean()
-    fresh = groups["constraint_ratio_fresh"]
-    out.insert(out.columns.get_loc("constraint_ratio_fresh") + 1, "constraint_ratio_fresh_min", fresh.min())
-    out.insert(out.columns.get_loc("constraint_ratio_fresh_min") + 1, "constraint_ratio_fresh_max", fresh.max())
-    return out.reset_index()
+def curve_figures(summary_df: pd.DataFrame, diffs: pd.DataFrame, out: Path, prov: str, level: float) -> list[Path]:
+    """Curves over the layers (x ticks named) of each quantity per model with interval bands, and of each
+    model's paired difference from the first when there are several models."""
+    layers = list(dict.fromkeys(summary_df.sort_values("layer_index")["layer"]))
+    band = f"{level:.0%} interval over images"
+    pngs = []
+    for table, suffix, what in ((summary_df, "", ""), (diffs, "_diff", " minus the first model")):
+        if table.empty:
+            continue
+        for col, (stem, ylabel) in _CURVES.items():
+            q = f"{col}{suffix}"
+            if q not in table or not table[q].notna().any():
+                continue
+            curves = {}
+            for m, g in table.groupby("model", sort=False):
+                g = g.set_index("layer").reindex(layers)
+                curves[m] = (g[q].to_numpy(float), g[f"{q}_low"].to_numpy(float), g[f"{q}_high"].to_numpy(float))
+            name = ylabel.split(" ")[0]
+            pngs.append(plot_layer_curves(curves, layers, out / f"{stem}{suffix}_curves.png", ylabel,
+                                          f"{name}{what} by layer, mean over images", prov, band))
+    return pngs
 
 
 @ANALYSES.register("layerwise")
@@ -157,6 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if mask is None:
         print("concentration: not available (the data has neither object masks nor boxes)")
     out, prov, config = output_dir(cfg) / "layerwise", provenance(cfg), sid_config(an.sid)
+    boot = bootstrap_settings(an.bootstrap)
     rows: list[dict[str, Any]] = []
     pngs: list = []
     shown = slice(0, an.num_maps)
@@ -180,29 +172,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 pngs.append(plot_grid(x01[shown].cpu(), maps, out / f"{kind}_maps_{label}.png", prov, titles,
                                       units=f"{kind.upper()} [nats/pixel]"))
     df = pd.DataFrame(rows)
-    summary_df = summarize(df)
-    for col, (stem, ylabel) in _CURVES.items():
-        groups = {m: g for m, g in summary_df.groupby("model", sort=False) if g[col].notna().any()}
-        if groups:
-            curves = {m: (g["layer_index"].to_numpy(), g[col].to_numpy()) for m, g in groups.items()}
-            first = next(iter(groups.values()))
-            names = ", ".join(f"{i}={n}" for i, n in zip(first["layer_index"], first["layer"], strict=True))
-            pngs.append(plot_curves(curves, out / f"{stem}_curves.png", "conv layer", ylabel,
-                                    f"{ylabel.split(' ')[0]} by layer ({names})", prov))
-    note = (f"Means over {len(x01)} test images; SID, RU and concentration in nats per pixel of the [0, 1] "
+    summary_df = summarize(df, boot)
+    diffs = paired_differences(df, boot)
+    pngs += curve_figures(summary_df, diffs, out, prov, boot.level)
+    n = len(x01)
+    how = (f"{boot.level:.0%} intervals (`_low`, `_high`): {boot.method} bootstrap over the {n} images "
+           f"({boot.n_resamples} resamples, seed {boot.seed})" if boot.method != "t" else
+           f"{boot.level:.0%} Student t intervals over the {n} images")
+    note = (f"Means over {n} test images with {how}; SID, RU and concentration in nats per pixel of the [0, 1] "
             f"input. constraint_ratio: E||h(x') - f||² / (alpha delta_f²) on the projection's noise draws; "
             f"constraint_ratio_fresh (mean, min, max over images): on independent draws, which must be within "
             f"{config.tol:.0%} of 1 (`converged`: the fraction of images where it is). Config: `config.yaml`.")
     write_markdown(summary_df, output_dir(cfg) / "layerwise_summary.md", "Layer-wise information discarding", note)
-    print(f"layer-wise values (means over {len(x01)} images, nats per pixel; constraint ratios in-sample and fresh):")
+    print(f"layer-wise values (means over {n} images with {boot.level:.0%} intervals, nats per pixel; "
+          "constraint ratios in-sample and fresh):")
     print(to_markdown_table(summary_df))
-    summary: dict[str, Any] = {"num_images": len(x01)}
-    for r in summary_df.itertuples(index=False):
-        for col in [*_CURVES, "constraint_ratio", "constraint_ratio_fresh", "constraint_ratio_fresh_min",
-                    "constraint_ratio_fresh_max"]:
-            value = getattr(r, col)
-            if not np.isnan(value):
-                summary[f"{r.model}/{r.layer}/{col}"] = float(value)
-    print(f"wrote {len(pngs)} figures to {out}, layerwise.csv, layerwise_summary.csv and .md")
-    log_results(cfg, {"layerwise": df, "layerwise_summary": summary_df}, {"layerwise": pngs}, summary)
+    tables = {"layerwise": df, "layerwise_summary": summary_df}
+    if not diffs.empty:
+        reference = diffs["reference"].iloc[0]
+        write_markdown(diffs, output_dir(cfg) / "layerwise_differences.md",
+                       f"Paired differences from {reference}",
+                       f"mean over the same {n} images of (model - {reference}) with {how}; nats per pixel.")
+        print(f"paired differences from {reference} ({boot.level:.0%} intervals over the same {n} images):")
+        print(to_markdown_table(diffs))
+        tables["layerwise_differences"] = diffs
+    summary: dict[str, Any] = {"num_images": n, "level": boot.level}
+    for table in (summary_df, diffs):
+        for r in table.to_dict("records"):
+            for col, value in r.items():
+                if col in ("model", "reference", "layer", "layer_index", "images", "image"):
+                    continue
+                if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+                    summary[f"{r['model']}/{r['layer']}/{col}"] = float(value)
+    print(f"wrote {len(pngs)} figures to {out}, {', '.join(f'{t}.csv' for t in tables)} and .md")
+    log_results(cfg, tables, {"layerwise": pngs}, summary)
     return summary

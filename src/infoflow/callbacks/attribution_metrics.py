@@ -1,7 +1,8 @@
 """``attribution_metrics``: degradation, Sensitivity-n and bounding-box ratio of attribution maps during training.
 
-Every few epochs, on the fixed evaluation subset (see `common`), each method's maps of the network being
-trained are scored with the `infoflow.metrics` torchmetrics (sum states, reduced over DDP processes):
+Every few epochs, on the fixed evaluation subset (`callbacks.subset`), each method's maps of the network being
+trained are scored by a `infoflow.metrics.suite.MethodMetrics` (the torchmetrics of Table 1: sum states,
+reduced over DDP processes):
 
 - degradation (`Degradation`): the MoRF and LeRF curves and the area between them, tiles of
   ``degradation_tile`` pixels;
@@ -33,23 +34,16 @@ import torch
 from torchmetrics import MeanMetric
 
 from infoflow.attribution import METHODS
-from infoflow.callbacks.common import (
-    EvaluationCallback,
-    line_series,
-    log_scalars,
-    log_wandb,
-    plot_matrix,
-    trained_network,
-    wandb_image,
-    wandb_table,
-)
+from infoflow.callbacks.base import EvaluationCallback
+from infoflow.callbacks.loggers import line_series, log_scalars, log_wandb, wandb_image, wandb_table
+from infoflow.callbacks.network import trained_network
 from infoflow.data.base import ImageDataModule
 from infoflow.errors import ConfigError
 from infoflow.iba.readout import ReadoutIBA
 from infoflow.interface import Attribution
-from infoflow.metrics import BoundingBoxRatio, Degradation, SensitivityN
+from infoflow.metrics.suite import MethodMetrics, MetricSettings
 from infoflow.models.zoo import ZooModel
-from infoflow.viz import plot_curves
+from infoflow.viz import plot_curves, plot_matrix
 
 #: the methods of classifier-type tasks when `methods` is null
 DEFAULT_METHODS = ({"name": "gradient"}, {"name": "gradcam"})
@@ -122,44 +116,48 @@ class AttributionMetricsCallback(EvaluationCallback):
             if method.requires_fit:
                 dm.setup("fit")
                 method.fit(dm.train_dataloader())
-        size = tuple(zoo.input_size[1:])
-        scores = {label: {
-            "degradation": Degradation(zoo.module, size, self.degradation_tile, **self.degradation_kw),
-            "sensitivity": SensitivityN(zoo.module, size, self.sensitivity_tile, **self.sensitivity_kw),
-            "seconds": MeanMetric(),
-            **({"bbox": BoundingBoxRatio()} if self.use_bbox else {}),
-        } for label in methods}
-        for metrics in scores.values():
-            for m in metrics.values():
-                m.to(device)
+        settings = self._settings()
+        scores = {label: MethodMetrics(zoo.module, tuple(zoo.input_size[1:]), settings, boxes=self.use_bbox,
+                                       num_classes=zoo.num_classes).to(device) for label in methods}
+        seconds = {label: MeanMetric().to(device) for label in methods}
+        deg_key, sens_key = f"degradation_{self.degradation_tile}", f"sensitivity_{self.sensitivity_tile}"
         mine = self.shard(trainer)
         batch = {k: v[mine].to(device) for k, v in self.subset.items()}
         x, target = batch["image"], batch["label"]
         if len(mine):
-            drops = scores[self.labels[0]]["sensitivity"].drops(x, target)
+            drops = {sens_key: scores[self.labels[0]].metrics[sens_key].drops(x, target)}
             for label, method in methods.items():
                 start = time.perf_counter()
                 maps = method.attribute_batch(batch, target).detach()
-                scores[label]["seconds"].update(torch.tensor((time.perf_counter() - start) / len(x)), weight=len(x))
-                scores[label]["degradation"].update(x, target, maps)
-                scores[label]["sensitivity"].update(x, target, maps, drops=drops)
-                if self.use_bbox:
-                    scores[label]["bbox"].update(maps, batch["box_mask"])
+                seconds[label].update(torch.tensor((time.perf_counter() - start) / len(x)), weight=len(x))
+                scores[label].update(method, batch, target, maps, drops=drops)
         rows: list[dict[str, Any]] = []
-        for label, metrics in scores.items():  # compute() reduces over processes: every rank calls it
-            deg, sens = metrics["degradation"].compute(), metrics["sensitivity"].compute()
+        for label, metrics in scores.items():  # results() reduces over processes: every rank calls it
+            results = metrics.results()
+            deg, sens = results[deg_key], results[sens_key]
             for curve, ys in (("morf", deg.morf), ("lerf", deg.lerf)):
                 rows += [{"method": label, "curve": curve, "x": float(f), "y": float(y)}
                          for f, y in zip(deg.fractions, ys, strict=True)]
             rows += [{"method": label, "curve": "sensitivity", "x": float(n), "y": float(c)}
                      for n, c in zip(sens.n, sens.correlation, strict=True)]
-            seconds = metrics["seconds"].compute()
             scalars = {"degradation": float(deg.score), "sensitivity_mean": float(sens.correlation.mean()),
-                       "seconds_per_image": float(seconds)}
+                       "seconds_per_image": float(seconds[label].compute())}
             if self.use_bbox:
-                scalars["bbox"] = float(metrics["bbox"].compute())
+                bbox = results.get("bbox")
+                scalars["bbox"] = float(bbox) if bbox is not None else float("nan")
             rows += [{"method": label, "curve": k, "x": float("nan"), "y": v} for k, v in scalars.items()]
         return pd.DataFrame(rows)
+
+    def _settings(self) -> MetricSettings:
+        """The `MetricSettings` of this callback: degradation and Sensitivity-n at one tile size each, and
+        the bounding-box ratio when used; none of Table 1's expensive or sanity metrics."""
+        return MetricSettings(
+            degradation_tiles=(self.degradation_tile,), degradation=self.degradation_kw,
+            sensitivity_tiles=(self.sensitivity_tile,), sensitivity=self.sensitivity_kw,
+            bbox={} if self.use_bbox else None, mask_ratio=None, pointing=None, sparseness=False,
+            insertion_deletion=None, road=None, infidelity=None, max_sensitivity=None,
+            subset_images=0, sanity_images=0, random_logit=False, seed=self.seed,
+        )
 
     # ---- outputs -----------------------------------------------------------------------------------
     def _scalar_rows(self) -> pd.DataFrame:

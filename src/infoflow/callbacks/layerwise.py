@@ -1,6 +1,6 @@
 """``layerwise``: SID, concentration and RU per layer of the network being trained, every few epochs.
 
-On the fixed evaluation subset (see `common`), at every conv layer or `layers`:
+On the fixed evaluation subset (`callbacks.subset`), at every conv layer or `layers`:
 
 - SID (`discarding.compute_sid`) with a cheap `SIDConfig` (``sid``); delta_f² is re-estimated at every
   evaluation on the whole subset (the weights change), each image's SID seeded by its global index;
@@ -12,11 +12,14 @@ On the fixed evaluation subset (see `common`), at every conv layer or `layers`:
   classifier); otherwise RU is skipped with one log line saying why. ``ru=true`` requires it (an error at
   the start of the fit when neither is available), ``ru=false`` skips it.
 
-All values in nats per pixel of the [0, 1] input (means over the subset's images). Writes
-``callbacks/layerwise.csv`` (means per epoch x layer), ``callbacks/layerwise_images.csv`` (per image) and,
-at the end, ``callbacks/layerwise_{sid,concentration,ru}_layer_epoch.png`` and ``..._curves.png``; logs the
-scalars ``layerwise/<quantity>/<layer>`` and, to W&B, a table, line-series charts over the layers (one line
-per epoch) and the layer x epoch SID image.
+The per-image rows are those of `infoflow.layer_report.layer_rows`, the table of `layer_report.summarize`
+(the same as ``analysis=layerwise``): all values in nats per pixel of the [0, 1] input, means over the
+subset's images with a ``bootstrap.level`` interval (``<q>_low``, ``<q>_high``; a seeded bootstrap over the
+images, `infoflow.stats`). Writes ``callbacks/layerwise.csv`` (per epoch x layer), ``callbacks/
+layerwise_images.csv`` (per image) and, at the end, ``callbacks/layerwise_{sid,concentration,ru}_layer_epoch.png``
+and ``..._curves.png`` (x ticks: the layer names; bands: the intervals); logs the scalars
+``layerwise/<quantity>[_low|_high]/<layer>`` and, to W&B, a table, line-series charts over the layers (one
+line per epoch) and the layer x epoch SID image.
 """
 
 from __future__ import annotations
@@ -34,18 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from infoflow.callbacks.common import (
-    EvaluationCallback,
-    Rows,
-    image_seed,
-    line_series,
-    log_scalars,
-    log_wandb,
-    plot_matrix,
-    trained_network,
-    wandb_image,
-    wandb_table,
-)
+from infoflow.callbacks.base import EvaluationCallback
+from infoflow.callbacks.loggers import line_series, log_scalars, log_wandb, wandb_image, wandb_table
+from infoflow.callbacks.network import trained_network
+from infoflow.callbacks.rows import Rows
+from infoflow.callbacks.subset import image_seed
 from infoflow.data.base import ImageDataModule
 from infoflow.discarding import (
     DecoderNet,
@@ -54,22 +50,24 @@ from infoflow.discarding import (
     SIDConfig,
     compute_ru,
     compute_sid,
-    concentration,
     estimate_delta_f2,
     load_decoders,
     object_mask,
     resolve_layers,
 )
 from infoflow.errors import ConfigError
+from infoflow.layer_report import layer_rows, summarize
 from infoflow.models.zoo import ZooModel
+from infoflow.stats import BootstrapSettings
 from infoflow.utils.tables import write_csv
-from infoflow.viz import plot_curves
+from infoflow.viz import plot_layer_curves, plot_matrix
 
 log = logging.getLogger(__name__)
 
-#: per-image row columns, in the order of the gathered tensor
-_COLUMNS = ["image", "layer_index", "sid_per_pixel", "sid_total", "constraint_ratio", "concentration",
-            "ru_per_pixel", "ratio_fresh"]
+#: per-image columns of `layer_rows` gathered over processes (numbers; the strings are rebuilt)
+_COLUMNS = ["image", "label", "layer_index", "sid_per_pixel", "sid_total", "constraint_ratio",
+            "constraint_ratio_se", "constraint_ratio_fresh", "constraint_ratio_fresh_se", "constraint_draws",
+            "converged", "ru_per_pixel", "concentration"]
 #: quantity -> (axis label, scalar key)
 _QUANTITIES = {"sid_per_pixel": ("SID [nats/pixel]", "sid"), "concentration": ("concentration [nats/pixel]",
                "concentration"), "ru_per_pixel": ("RU [nats/pixel]", "ru")}
@@ -88,6 +86,8 @@ class LayerwiseCallback(EvaluationCallback):
         decoder_steps: Adam steps of quick decoders per evaluation (0: none); `decoder_width`, `decoder_lr`.
         decoder_dir: stored decoders (`python train.py task=decoder`), used for frozen networks.
         ru_samples: noise draws per (image, layer) for RU.
+        bootstrap: `BootstrapSettings` fields of the intervals over the subset's images (level, n_resamples,
+            seed, method).
     """
 
     name = "layerwise"
@@ -97,7 +97,8 @@ class LayerwiseCallback(EvaluationCallback):
                  layers: Sequence[str] | None = None, sid: dict[str, Any] | None = None,
                  delta_f2_samples: int = 8, tau: float = 1e-3, concentration: bool | None = None,
                  ru: bool | None = None, decoder_steps: int = 0, decoder_width: int = 32, decoder_lr: float = 2e-3,
-                 decoder_dir: str | None = None, ru_samples: int = 8) -> None:
+                 decoder_dir: str | None = None, ru_samples: int = 8,
+                 bootstrap: dict[str, Any] | None = None) -> None:
         super().__init__(model, every_n_epochs, at_start, num_images, split, seed, output_dir)
         fields = {"steps": 10, "samples": 2, "eval_samples": 8, "projection_iters": 4, "lr": 0.1, **dict(sid or {})}
         try:
@@ -107,6 +108,11 @@ class LayerwiseCallback(EvaluationCallback):
             raise ConfigError(f"callbacks.layerwise.sid: {e}; valid fields: {valid}") from None
         if isinstance(decoder_steps, bool) or not isinstance(decoder_steps, int) or decoder_steps < 0:
             raise ConfigError(f"callbacks.layerwise.decoder_steps must be an integer >= 0, got {decoder_steps!r}")
+        try:
+            self.bootstrap = BootstrapSettings(**dict(bootstrap or {}))
+        except TypeError as e:
+            valid = ", ".join(BootstrapSettings.__dataclass_fields__)
+            raise ConfigError(f"callbacks.layerwise.bootstrap: {e}; valid fields: {valid}") from None
         self.layer_names = list(layers) if layers is not None else None
         self.delta_f2_samples, self.tau = int(delta_f2_samples), float(tau)
         self.want_concentration, self.want_ru = concentration, ru
@@ -168,9 +174,7 @@ class LayerwiseCallback(EvaluationCallback):
         per_image = self.measure_images(trainer, pl_module, dm, epoch)
         if trainer.is_global_zero:
             self._append_images(per_image, epoch)
-        means = per_image.drop(columns=["image"]).groupby(["layer_index", "layer"], sort=True).mean().reset_index()
-        means["images"] = len(self.indices)
-        return means
+        return summarize(per_image, self.bootstrap, by=("layer_index", "layer"))
 
     def measure_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: ImageDataModule,
                        epoch: int) -> pd.DataFrame:
@@ -182,27 +186,25 @@ class LayerwiseCallback(EvaluationCallback):
         features = LayerFeatures(zoo.module, self.paths, dm.mean, dm.std).to(device)
         delta_f2 = estimate_delta_f2(features, x01, self.tau, self.delta_f2_samples, self.seed)
         decoders = self._decoders(zoo, dm, features, epoch, device)
+        labels = self.subset["label"]
         rows = []
         for p in self.shard(trainer).tolist():
             g = int(self.indices[p])
             x = x01[p : p + 1]
             sid = compute_sid(features, x, delta_f2, replace(self.sid_config, seed=image_seed(self.seed, g, "sid")),
                               self.layers)
-            nan = torch.full((1, len(self.layers)), float("nan"))
-            conc = concentration(sid.maps, mask[p : p + 1]) if mask is not None else nan
-            ru = compute_ru(features, x, sid, decoders, self.ru_samples, image_seed(self.seed, g, "ru")).per_pixel \
-                if decoders is not None else nan
-            fresh = getattr(sid, "ratio_fresh", None)
-            fresh = fresh if isinstance(fresh, torch.Tensor) else nan
-            for j in range(len(self.layers)):
-                rows.append([g, j + 1, float(sid.per_pixel[0, j]), float(sid.total[0, j]), float(sid.ratio[0, j]),
-                             float(conc[0, j]), float(ru[0, j]), float(fresh[0, j])])
+            ru = compute_ru(features, x, sid, decoders, self.ru_samples, image_seed(self.seed, g, "ru")) \
+                if decoders is not None else None
+            part = mask[p : p + 1].cpu() if mask is not None else None
+            for r in layer_rows(self.model_name, sid, ru, part, labels[p : p + 1], images=[g]):
+                rows.append([float(r[c]) for c in _COLUMNS])
         gathered = Rows().to(device)
         gathered.update(torch.tensor(rows, dtype=torch.float64).reshape(-1, len(_COLUMNS)))
         everything = gathered.compute().cpu().numpy()
-        per_image = pd.DataFrame(everything, columns=_COLUMNS).astype({"image": int, "layer_index": int})
+        per_image = pd.DataFrame(everything, columns=_COLUMNS).astype(
+            {"image": int, "label": int, "layer_index": int, "constraint_draws": int, "converged": bool})
         per_image = per_image.sort_values(["image", "layer_index"]).reset_index(drop=True)
-        per_image.insert(2, "layer", [self.layers[j - 1] for j in per_image["layer_index"]])
+        per_image.insert(3, "layer", [self.layers[j - 1] for j in per_image["layer_index"]])
         return per_image
 
     def _append_images(self, per_image: pd.DataFrame, epoch: int) -> None:
@@ -266,8 +268,8 @@ class LayerwiseCallback(EvaluationCallback):
         return [q for q in _QUANTITIES if q in self.history and self.history[q].notna().any()]
 
     def log_epoch(self, trainer: pl.Trainer, table: pd.DataFrame, epoch: int) -> None:
-        scalars = {f"layerwise/{_QUANTITIES[q][1]}/{r.layer}": getattr(r, q)
-                   for q in _QUANTITIES for r in table.itertuples(index=False)}
+        scalars = {f"layerwise/{_QUANTITIES[q][1]}{suffix}/{r['layer']}": r[f"{q}{suffix}"]
+                   for q in _QUANTITIES for r in table.to_dict("records") for suffix in ("", "_low", "_high")}
         log_scalars(trainer, scalars)
         items: dict[str, Any] = {"layerwise/table": wandb_table(self.history)}
         for q in self._quantities():
@@ -286,11 +288,14 @@ class LayerwiseCallback(EvaluationCallback):
 
     def figures(self) -> list[Path]:
         paths = []
+        band = f"{self.bootstrap.level:.0%} interval over {len(self.indices)} images"
         for q in self._quantities():
             label, key = _QUANTITIES[q]
             paths.append(self._heatmap(q))
-            curves = {f"epoch {e}": (g["layer_index"].to_numpy(), g[q].to_numpy())
-                      for e, g in self.history.groupby("epoch", sort=True)}
-            paths.append(plot_curves(curves, self.out_dir / f"layerwise_{key}_curves.png", "layer (1 = first)", label,
-                                     f"{label} by layer over training ({', '.join(self.layers)})"))
+            curves = {}
+            for e, g in self.history.groupby("epoch", sort=True):
+                g = g.set_index("layer").reindex(self.layers)
+                curves[f"epoch {e}"] = tuple(g[c].to_numpy(float) for c in (q, f"{q}_low", f"{q}_high"))
+            paths.append(plot_layer_curves(curves, self.layers, self.out_dir / f"layerwise_{key}_curves.png", label,
+                                           f"{label} of {self.model_name} by layer over training", band=band))
         return paths

@@ -82,6 +82,20 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int | str:
     return int(value)
 
 
+def check_level(value: Any, name: str = "level") -> float:
+    """A confidence level: a number strictly between 0 and 1 (e.g. 0.95); bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+        raise ConfigError(f"{name} must be a number strictly between 0 and 1 (e.g. 0.95), got {value!r}")
+    return float(value)
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A random seed: an int >= 0; bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 # ---------------------------------------------------------------- images and targets
 
 
