@@ -18,6 +18,7 @@ timm is an optional dependency (``pip install 'infoflow[timm]'``), imported when
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def _timm() -> Any:
 def _pretrained_cfg(arch: str) -> dict[str, Any]:
     timm = _timm()
     if not timm.is_model(arch.split(".")[0]):
-        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+        close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=8, cutoff=0.6)
         raise ConfigError(f"model.arch={arch!r}: not a timm architecture; similar: {', '.join(close)} "
                           "(timm.list_models() lists all)")
     cfg = timm.models.get_pretrained_cfg(arch.split(".")[0]) if "." not in arch else None
@@ -56,7 +57,10 @@ def load_timm(arch: str, weights: str, num_classes: int, input_size: tuple[int, 
     if weights.lower() == "none":
         return _create(timm, arch, False, kwargs)
     if path.is_file():
-        return _create(timm, arch, True, {**kwargs, "pretrained_cfg_overlay": {"file": str(path)}})
+        # num_classes in the overlay: timm keeps the file's classifier when it matches (else drops it, as for
+        # a download with another number of classes)
+        overlay = {"file": str(path), "num_classes": num_classes}
+        return _create(timm, arch, True, {**kwargs, "pretrained_cfg_overlay": overlay})
     if "/" in weights or weights.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")):
         raise DataError(f"weights={weights}: no such file")
     tag = arch if weights.lower() == "default" else f"{arch.split('.')[0]}.{weights}"
