@@ -188,6 +188,7 @@ def test_weights_from_a_local_file_go_through_timms_pretrained_path(tmp_path: Pa
 
 def test_a_pretrained_tag_offline_names_the_file_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: patch it too
     with pytest.raises(DataError, match=r"timm/resnet18\.a1_in1k.*weights=/path/to/that/file"):
         get_model("timm/resnet18", weights="a1_in1k", num_classes=1000)
 
