@@ -26,6 +26,11 @@ timm = pytest.importorskip("timm")
 SIZE = 32
 #: one per family: ResNet, ViT (class token), DeiT (class + distillation token), ConvNeXt, EfficientNet
 ARCHS = ["resnet18", "vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "convnext_atto", "efficientnet_b0"]
+#: the slower families of the per-method and SID tests run with ``-m slow``; the default suite keeps a ViT and a CNN
+SLOW = pytest.mark.slow
+FAST_METHODS = [pytest.param(a, marks=SLOW) if a in ("resnet18", "convnext_atto", "efficientnet_b0") else a
+                for a in ARCHS]
+FAST_SID = [pytest.param(a, marks=SLOW) if a in ("resnet18", "efficientnet_b0") else a for a in ARCHS]
 VITS = {"vit_tiny_patch16_224": 1, "deit_tiny_distilled_patch16_224": 2}
 
 
@@ -137,7 +142,7 @@ def _method(name: str, model: ZooModel) -> Attribution:
     return method
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", FAST_METHODS)
 def test_every_method_runs_or_refuses_clearly(arch: str) -> None:
     model = timm_model(arch)
     ran, refused = [], []
@@ -161,7 +166,7 @@ def test_every_method_runs_or_refuses_clearly(arch: str) -> None:
         assert "attention-rollout" in refused
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", FAST_SID)
 def test_layerwise_sid_is_finite_and_meets_its_constraint(arch: str) -> None:
     model = timm_model(arch)
     features = LayerFeatures(model.module, {"mid": model.layer_path(layer_of(model))}, model.mean, model.std)
@@ -202,3 +207,33 @@ def test_the_timm_config_builds_the_named_architecture() -> None:
     cfg = compose_config("evaluate", ["model=timm", "model.arch=convnext_atto"])
     assert cfg.model.name == "timm/convnext_atto" and cfg.layer == "mid" and cfg.weights == "none"
     assert math.isfinite(len(cfg.model.readout_layers))
+
+
+# ---------------------------------------------------------------- the entry points
+
+TINY = ["data.image_size=32", "data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=16",
+        "logger=csv"]
+
+
+def test_evaluate_heatmaps_with_a_timm_model(tmp_path: Path) -> None:
+    from infoflow.analyses import run_analysis
+
+    cfg = compose_config("evaluate", [*TINY, "model=timm", "model.arch=resnet18", "layer=stage2", "num_images=2",
+                                      "method.estimator_samples=16", "method.steps=2", "method.copies=2",
+                                      f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    result = run_analysis(cfg)
+    print(result, sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")))
+    maps = list(tmp_path.rglob("*.png")) + list(tmp_path.rglob("*.pt")) + list(tmp_path.rglob("*.npz"))
+    assert maps, sorted(p.name for p in tmp_path.rglob("*"))
+    assert any("timm_resnet18" in p.name for p in (tmp_path / "cache").rglob("*.pt"))  # the estimator's cache key
+
+
+def test_train_readout_with_a_timm_model(tmp_path: Path) -> None:
+    from infoflow.tasks import run_task
+
+    cfg = compose_config("train", [*TINY, "task=readout", "model=timm", "model.arch=resnet18", "layer=stage2",
+                                   "task.readout_layers=[stage2,stage3,fc]", "weights=none", "trainer.max_epochs=1",
+                                   "task.estimator_samples=16", "task.num_heatmaps=0", "callbacks=none",
+                                   f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    run_task(cfg)
+    assert list(tmp_path.rglob("readout*.pt")) or list(tmp_path.rglob("*.ckpt"))
