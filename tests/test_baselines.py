@@ -441,7 +441,7 @@ def test_pattern_attribution_needs_fit() -> None:
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet20"])
 def test_pattern_attribution_rejects_resnets(name: str) -> None:
-    with pytest.raises(NotImplementedError, match="VGG, AlexNet, ShapesNet"):
+    with pytest.raises(ConfigError, match="VGG, AlexNet, ShapesNet"):  # refused through `unsupported`
         METHODS.get("pattern-attribution")(zoo(name, 32))
 
 

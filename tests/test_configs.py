@@ -62,8 +62,10 @@ def test_option_composes(primary: str, group: str, option: str, tmp_path: Path) 
         overrides += ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
     cfg = compose_resolved(primary, overrides, tmp_path)
     if group == "model":
-        assert cfg.model.name == option and option in MODELS
-        layers = zoo_layers(option)
+        # conf/model/timm.yaml names the registry namespace entry of its architecture: timm/<arch>
+        name = f"timm/{cfg.model.arch}" if option == "timm" else option
+        assert cfg.model.name == name and name in MODELS
+        layers = zoo_layers(name)
         for layer in [cfg.model.default_layer, *cfg.model.readout_layers]:
             assert layer in layers, f"{option}: layer {layer} not in {list(layers)}"
     elif group == "data":

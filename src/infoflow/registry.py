@@ -37,6 +37,13 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._namespaces: dict[str, Callable[[str], T]] = {}
+
+    def register_namespace(self, prefix: str, factory: Callable[[str], T]) -> None:
+        """Names ``<prefix>/<rest>`` get ``functools.partial(factory, rest)`` (e.g. ``timm/resnet50``)."""
+        if prefix in self._namespaces:
+            raise ValueError(f"{self.kind} namespace {prefix!r} is already registered")
+        self._namespaces[prefix] = factory
 
     def register(self, name: str, **presets: Any) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -48,9 +55,15 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        prefix, sep, rest = str(name).partition("/")
+        if sep and prefix in self._namespaces and name not in self._items:
+            if not rest:
+                raise UnknownNameError(f"{self.kind} {name!r}: give a name after {prefix}/ (e.g. {prefix}/resnet50)")
+            return functools.partial(self._namespaces[prefix], rest)  # type: ignore[return-value]
         if name not in self._items:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
+                + "".join(f", or {p}/<name>" for p in self._namespaces)
             )
         return self._items[name]
 
@@ -61,7 +74,8 @@ class Registry(Generic[T]):
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        prefix, sep, rest = str(name).partition("/")
+        return name in self._items or bool(sep and rest and prefix in self._namespaces)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

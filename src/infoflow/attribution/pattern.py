@@ -161,7 +161,14 @@ class PatternAttribution(FrozenAttribution):
 
     @classmethod
     def unsupported(cls, model: ZooModel) -> str | None:
-        return transformer_reason(model.module, "PatternAttribution", model.name)
+        reason = transformer_reason(model.module, "PatternAttribution", model.name)
+        if reason is not None:
+            return reason
+        try:
+            build_chain(model)
+        except NotImplementedError as err:  # not a sequential network (skip connections, other modules)
+            return str(err)
+        return None
 
     def __init__(self, model: ZooModel, max_batches: int | None = None) -> None:
         super().__init__(model)

@@ -82,7 +82,7 @@ def estimate_delta_f2(
                 [x[:, None], x[:, None] + tau * noise, x[:, None] + tau / 2 * noise], dim=1
             ).flatten(0, 1)
             for name, f in features(batch).items():
-                f = f.view(n, rows, -1)
+                f = f.reshape(n, rows, -1)
                 d = (f[:, 1:] - f[:, :1]).pow(2).sum(-1)  # (n, 2 * samples)
                 for key, part, t in (("tau", d[:, :samples], tau), ("half", d[:, samples:], tau / 2)):
                     sums[key][name] = sums[key].get(name, 0.0) + part.double().sum().item() / t**2

@@ -208,7 +208,7 @@ class _Problem:
                 continue
             lo = layers.index(name)
             target = self.targets[name][images[lo : lo + count]]
-            diff = feats[name].view(count, s, -1) - target.reshape(count, 1, -1)
+            diff = feats[name].reshape(count, s, -1) - target.reshape(count, 1, -1)
             out.append(diff.pow(2).sum(-1) / self.scale[name])
         return torch.cat(out)
 

@@ -30,6 +30,9 @@ class ModelEntry:
         input_size: (C, H, W) of one input image.
         num_classes: the classes of the model's usual data (its pretrained weights).
         torchvision_name: the torchvision model name, for its weights enums (None: not a torchvision model).
+        load: ``load(weights, num_classes, input_size)`` -> the network with `weights`, for models with their
+            own weights loading (timm); None: `build` and the zoo's loading.
+        mean, std: the input normalisation of the model's weights (None: unknown).
     """
 
     build: Callable[[int], nn.Module]
@@ -37,6 +40,9 @@ class ModelEntry:
     input_size: tuple[int, int, int]
     num_classes: int
     torchvision_name: str | None = None
+    load: Callable[[str, int, tuple[int, int, int]], nn.Module] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 MODELS: Registry[Callable[[], ModelEntry]] = Registry("model")

@@ -61,3 +61,22 @@ class ChannelsFirst(nn.Module):
 def channels_last(feature_map: torch.Tensor) -> torch.Tensor:
     """Map (N, C, h, w) -> channels-last tokens (N, h, w, C)."""
     return feature_map.permute(0, 2, 3, 1)
+
+
+def attach_token_map(model: nn.Module, path: str, name: str, grid: tuple[int, int], num_prefix: int) -> str:
+    """Give the token output of submodule `path` of `model` a `TokenMap` adapter, added to `model` as child
+    `name`, and return `name`: a forward hook on `path` passes its tokens through the adapter and puts the
+    adapter's (possibly replaced) map back behind the untouched prefix tokens. `model`'s parameters, state
+    dict keys and forward pass are unchanged (the adapter is parameter-free; without other hooks it is the
+    identity on the tokens)."""
+    if hasattr(model, name):
+        raise ValueError(f"{type(model).__name__} already has an attribute {name!r}")
+    adapter = TokenMap(grid, num_prefix)
+    model.add_module(name, adapter)
+
+    def hook(_module: nn.Module, _inputs: object, tokens: torch.Tensor) -> torch.Tensor:
+        return with_patch_tokens(tokens, adapter(tokens), num_prefix)
+
+    model.get_submodule(path).register_forward_hook(hook)
+    model.fx_split = False  # the prefix tokens cross every cut (module docstring)
+    return name

@@ -111,8 +111,10 @@ def shapesvit(num_classes: int = 4, image_size: int = 64) -> TokenViT:
 
 
 def is_transformer(module: nn.Module) -> bool:
-    """Whether `module` has attention layers (torchvision's multi-head or shifted-window attention)."""
-    return any(isinstance(m, nn.MultiheadAttention | ShiftedWindowAttention) for m in module.modules())
+    """Whether `module` has attention layers (torchvision's multi-head or shifted-window attention; timm's
+    attention modules, which hold a fused ``qkv`` projection)."""
+    return any(isinstance(m, nn.MultiheadAttention | ShiftedWindowAttention)
+               or isinstance(getattr(m, "qkv", None), nn.Linear) for m in module.modules())
 
 
 def transformer_reason(module: nn.Module, method: str, model_name: str) -> str | None:

@@ -100,6 +100,9 @@ class ZooModel:
     input_size: tuple[int, int, int]
     weights: str = "none"
     layers: dict[str, str] = field(default_factory=dict)
+    #: per-channel normalisation of the inputs (images ``(x - mean) / std``, x in [0, 1]); None: unknown
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def layer_path(self, layer: str) -> str:
         """Resolve a paper layer name (``conv4_1``) or a module path (``features.17``) to a module path."""
@@ -155,6 +158,13 @@ def get_model(
     entry = MODELS.get(name)()
     num_classes = int(num_classes or entry.num_classes)
     weights = "none" if weights is None else str(weights)
+    size = tuple(int(s) for s in (input_size or entry.input_size))
+    if entry.load is not None:  # the model's own loader (timm: its pretrained path)
+        module = entry.load(weights, num_classes, size)
+        module.eval()
+        disable_inplace(module)
+        return ZooModel(name, module, num_classes, size, weights, entry.layers(module),  # type: ignore[arg-type]
+                        entry.mean, entry.std)
     module = entry.build(num_classes)
     if weights.lower() == "none":
         pass
@@ -171,8 +181,8 @@ def get_model(
         )
     module.eval()
     disable_inplace(module)
-    size = tuple(int(s) for s in (input_size or entry.input_size))
-    return ZooModel(name, module, num_classes, size, weights, entry.layers(module))  # type: ignore[arg-type]
+    return ZooModel(name, module, num_classes, size, weights, entry.layers(module),  # type: ignore[arg-type]
+                    entry.mean, entry.std)
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -255,3 +255,47 @@ def check_batch(images: Any, target: Any, maps: Any, size: Sequence[int]) -> tor
     if maps is not None:
         check_maps(maps, (images.shape[0], *size))
     return as_target(target, images.shape[0], images.device)
+
+
+# ---------------------------------------------------------------- models
+
+
+def check_module_path(module: torch.nn.Module, path: Any, name: str) -> str:
+    """`path`, which must name a submodule of `module` (a ``named_modules()`` path); the error lists the
+    closest paths."""
+    import difflib
+
+    paths = [p for p, _ in module.named_modules() if p]
+    if not isinstance(path, str) or path not in paths:
+        close = difflib.get_close_matches(str(path), paths, n=5, cutoff=0.4) or paths[:5]
+        raise ConfigError(f"{name}={path!r}: no such module in {type(module).__name__}; close module paths: "
+                          f"{', '.join(close)} (see model.named_modules())")
+    return path
+
+
+def check_feature(feature: Any, name: str) -> str:
+    """``"map"`` for a (N, C, h, w) tensor, ``"tokens"`` for a (N, L, C) sequence; else a `ConfigError`."""
+    if isinstance(feature, torch.Tensor) and feature.is_floating_point() and feature.dim() == 4:
+        return "map"
+    if isinstance(feature, torch.Tensor) and feature.is_floating_point() and feature.dim() == 3:
+        return "tokens"
+    got = tuple(feature.shape) if isinstance(feature, torch.Tensor) else type(feature).__name__
+    raise ConfigError(f"layer {name}: its output must be a feature map (N, C, h, w) or a token sequence "
+                      f"(N, L, C), got {got}; name a module whose output is one")
+
+
+def check_logits(logits: Any, batch: int, num_classes: int, model: str) -> None:
+    """Raise a `ConfigError` unless `logits` is a (batch, num_classes) float tensor."""
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point()
+            and tuple(logits.shape) == (batch, num_classes)):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model {model!r} must return logits of shape (N, num_classes) = ({batch}, {num_classes}) "
+                          f"for images (N, C, H, W), got {got}; check num_classes and that forward returns one tensor")
+
+
+def check_input_size(value: Any, name: str = "input_size") -> tuple[int, int, int]:
+    """`value` as a (C, H, W) tuple of ints >= 1."""
+    if (isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise ConfigError(f"{name} must be (C, H, W), three integers >= 1, e.g. (3, 224, 224), got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
