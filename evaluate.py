@@ -8,8 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from infoflow.analyses import run_analysis
-from infoflow.utils.entry import reports_user_errors, run_entry
-from infoflow.utils.plugins import name_plugins_from_hydra
+from infoflow.cli.entry import reports_user_errors, run_entry
+from infoflow.cli.plugins import name_plugins_from_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -33,8 +33,8 @@ from infoflow.data.base import ImageDataModule  # noqa: E402
 from infoflow.discarding.features import noise_generator  # noqa: E402
 from infoflow.errors import ConfigError  # noqa: E402
 from infoflow.models.zoo import MODELS, ZooModel  # noqa: E402
-from infoflow.utils.settings import check_choice, check_count  # noqa: E402
 from infoflow.utils.tables import write_csv  # noqa: E402
+from infoflow.utils.validation import check_choice, check_count  # noqa: E402
 from infoflow.viz import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)

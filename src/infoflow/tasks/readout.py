@@ -43,8 +43,8 @@ from infoflow.iba.readout import META_KEY, STATE_PREFIX, ReadoutBottleneck, chec
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save, atomic_write
-from infoflow.utils.settings import check_beta
 from infoflow.utils.tables import write_csv
+from infoflow.utils.validation import check_beta
 from infoflow.viz import plot_heatmap
 
 _INITIAL_KEY = "readout_initial_metrics"
