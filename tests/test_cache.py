@@ -103,8 +103,15 @@ def batches() -> list[dict[str, torch.Tensor]]:
     return [{"image": torch.randn(8, 3)} for _ in range(4)]
 
 
+@pytest.fixture
+def own_cache(tmp_path: Path):
+    """`tmp_path` as infoflow's cache folder: broken files there are infoflow's own and may be rebuilt."""
+    with using_cache_dir(tmp_path) as root:
+        yield root
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "wrong-shape", "missing-keys"])
-def test_a_broken_estimator_cache_is_rebuilt(tmp_path: Path, kind: str) -> None:
+def test_a_broken_estimator_cache_is_rebuilt(own_cache: Path, tmp_path: Path, kind: str) -> None:
     path = tmp_path / "c.pt"
     reference = fit_estimator(lambda x: x * 2, batches(), max_samples=20)
     if kind == "garbage":
@@ -125,7 +132,7 @@ def test_a_broken_estimator_cache_is_rebuilt(tmp_path: Path, kind: str) -> None:
     assert torch.equal(again.mean, reference.mean)
 
 
-def test_broken_default_weights_are_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_default_weights_are_retrained(own_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     fresh = ShapesNet(4).state_dict()
     calls = []
@@ -146,7 +153,7 @@ def test_broken_default_weights_are_retrained(tmp_path: Path, monkeypatch: pytes
     assert calls == [4, 4]
 
 
-def test_broken_delta_f2_and_decoder_files(tmp_path: Path) -> None:
+def test_broken_delta_f2_and_decoder_files(own_cache: Path, tmp_path: Path) -> None:
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
     features = LayerFeatures(model.module, {"conv1": model.layer_path("conv1")}, (0.5,) * 3, (0.25,) * 3)
     x = torch.rand(2, 3, 32, 32)
@@ -164,6 +171,21 @@ def test_broken_delta_f2_and_decoder_files(tmp_path: Path) -> None:
     with pytest.warns(CorruptCacheWarning, match="corrupt"), pytest.raises(MissingDecoderError, match="conv2"):
         load_decoders(tmp_path / "dec", model, ["conv2"])
     assert not path.exists()
+
+
+@pytest.mark.parametrize("named", ["weights", "text"])
+def test_a_user_named_file_that_is_no_estimator_is_an_error_and_kept(tmp_path: Path, named: str) -> None:
+    """``estimator_cache=<file>`` outside the cache folder: a DataError naming the file; its bytes stay."""
+    path = tmp_path / "mine" / "model.pt"
+    path.parent.mkdir()
+    if named == "weights":
+        torch.save(ShapesNet(4).state_dict(), path)
+    else:
+        path.write_text("my notes")
+    before = path.read_bytes()
+    with using_cache_dir(tmp_path / "cache"), pytest.raises(DataError, match=rf"{path} does not hold a valid"):
+        fit_estimator(lambda x: x * 2, batches(), max_samples=20, cache=path)
+    assert path.read_bytes() == before
 
 
 def test_load_cached_leaves_good_and_missing_files_alone(tmp_path: Path) -> None:
