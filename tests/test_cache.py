@@ -66,10 +66,10 @@ def test_each_input_changes_the_key_and_loader_settings_do_not() -> None:
 def test_file_weights_are_identified_by_content_stamp(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save({"a": torch.zeros(1)}, path)
-    before = weights_id(path)
+    before = weights_id(path, "shapesnet")
     assert before.startswith("w-") and key(weights=str(path)) == key(weights=str(path))
     torch.save({"a": torch.zeros(2)}, path)  # retrained at the same path: another identity
-    assert weights_id(path) != before
+    assert weights_id(path, "shapesnet") != before
 
 
 def compose_evaluate(tmp_path: Path, *overrides: str):
@@ -144,11 +144,11 @@ def test_broken_default_weights_are_retrained(own_cache: Path, tmp_path: Path, m
         else:
             garbage(path)
         with pytest.warns(CorruptCacheWarning, match="corrupt"):
-            state = pretrained.shapesnet_default_state_dict(4, root=tmp_path)
+            state = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
         assert all(torch.equal(state[k], fresh[k]) for k in fresh)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the retrained file loads cleanly
-            again = pretrained.shapesnet_default_state_dict(4, root=tmp_path)
+            again = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
         assert all(torch.equal(again[k], fresh[k]) for k in fresh)
     assert calls == [4, 4]
 
@@ -215,7 +215,7 @@ def test_an_unwritable_cache_dir_fails_before_the_work(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(default_weights, "train_shapesnet", no_training)
     with pytest.raises(DataError, match=str(bad)):
-        pretrained.shapesnet_default_state_dict(4, root=bad)
+        pretrained.default_state_dict("shapesnet", 4, root=bad)
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
     features_ = LayerFeatures(model.module, {"conv1": model.layer_path("conv1")}, (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(DataError, match=str(bad)):

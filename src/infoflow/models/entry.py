@@ -30,6 +30,7 @@ class ModelEntry:
         input_size: (C, H, W) of one input image.
         num_classes: the classes of the model's usual data (its pretrained weights).
         torchvision_name: the torchvision model name, for its weights enums (None: not a torchvision model).
+        default_weights: loads the trained weights that ``weights=default`` means (None: the model has none).
     """
 
     build: Callable[[int], nn.Module]
@@ -37,6 +38,9 @@ class ModelEntry:
     input_size: tuple[int, int, int]
     num_classes: int
     torchvision_name: str | None = None
+    #: ``default_weights(num_classes)`` -> the state dict of the model's trained default weights (``weights=default``;
+    #: None: the model has none)
+    default_weights: Callable[[int], dict] | None = None
 
 
 MODELS: Registry[Callable[[], ModelEntry]] = Registry("model")

@@ -130,7 +130,7 @@ def tensor_fingerprint(module: nn.Module) -> str:
     return sha.hexdigest()
 
 
-def weights_id(weights: str | Path, model: str = "shapesnet") -> str:
+def weights_id(weights: str | Path, model: str) -> str:
     """Identify zoo `model`'s weights: a registered name with the model's version (``default-v3-...``, see
     `WEIGHTS_VERSIONS`), a checkpoint file by stem, resolved path, size and modification time, otherwise the
     name itself."""

@@ -47,8 +47,10 @@ def check_trainer(cfg: Any) -> None:
 
 def check_common(cfg: Any) -> None:
     """The settings of train.py and evaluate.py alike: beta and the trainer."""
-    if "beta" in cfg:
-        check_beta(cfg.beta)
+    for owner in ("method", "task"):  # beta is owned by the method or task node (``beta=`` only feeds it)
+        node = cfg.get(owner)
+        if hasattr(node, "get") and node.get("beta") is not None:
+            check_beta(node.beta, f"{owner}.beta")
     check_trainer(cfg)
 
 
