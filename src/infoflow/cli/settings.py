@@ -51,11 +51,13 @@ def check_layer(layer: Any, name: str, layers: list[str]) -> None:
 def check_method_node(node: Mapping[str, Any], name: str, layers: list[str]) -> None:
     """A method node (``method`` or ``analysis.rows.<row>``): known arguments of the right types."""
     factory = METHODS.get(str(node["name"]))
-    params = {k: p for k, p in inspect.signature(factory).parameters.items() if k != "model"}
+    signature = inspect.signature(factory).parameters
+    params = {k: p for k, p in signature.items() if k != "model" and p.kind != p.VAR_KEYWORD}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.values())  # checked by the method itself
     valid = set(params) | {"name", "precision"}
     for key, value in node.items():
         full = f"{name}.{key}"
-        if key not in valid:
+        if key not in valid and not open_ended:
             raise ConfigError(f"{full}: unknown setting of method {node['name']}; valid keys: {', '.join(sorted(valid))}")
         default = params[key].default if key in params else inspect.Parameter.empty
         if key == "beta" and value is not None:
@@ -97,8 +99,9 @@ def check_data(data: Any) -> None:
             raise DataError(f"data.root={root}: no such folder; set data.root to the folder that holds the dataset")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Refuse a bad composed config of train.py or evaluate.py with a one-line user error, before any work."""
+def check_config(cfg: DictConfig) -> DictConfig:
+    """Refuse a bad composed config of train.py or evaluate.py with a one-line user error, before any work;
+    return `cfg`."""
     if "seed" in cfg and cfg.seed is not None:
         _int(cfg.seed, "seed")
     trainer = cfg.get("trainer")
@@ -106,7 +109,7 @@ def check_config(cfg: DictConfig) -> None:
         _int(trainer.max_epochs, "trainer.max_epochs", 1)
     check_common(cfg)
     if "model" not in cfg:
-        return
+        return cfg
     check_weights(cfg)
     layers = model_layers(cfg)
     task = cfg.get("task")
@@ -131,4 +134,5 @@ def check_config(cfg: DictConfig) -> None:
         for i, layer in enumerate(analysis.get("layers") or []):
             check_layer(layer, f"analysis.layers[{i}]", layers)
     check_data(cfg.get("data"))
+    return cfg
 
