@@ -7,6 +7,7 @@ Writes into Hydra's run directory and prints that directory as its last line. A 
 import hydra
 from omegaconf import DictConfig
 
+import infoflow.tasks  # noqa: F401  (registers the trainers of the models' default weights)
 from infoflow.analyses import run_analysis
 from infoflow.cli.entry import reports_user_errors, run_entry
 from infoflow.cli.plugins import name_plugins_from_hydra

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import infoflow.tasks  # noqa: F401  (registers the trainers of the default weights, as the entry points do)
 from infoflow.cli.plugins import name_plugins
 from infoflow.models.pretrained import DEFAULTS, default_weights_path
 from infoflow.models.shapesnet import ShapesNet

@@ -32,6 +32,7 @@ ROWS = [  # (script, overrides, the setting the error line must name)
     ("train", ["task=classifier", "trainer.max_epochs=-1"], "trainer.max_epochs"),
     ("train", ["task=classifier", "seed=abc"], "seed"),
     ("train", ["task=prune", "weights=none"], "weights"),
+    ("evaluate", ["-m", "beta=1,abc"], "method.beta"),  # the sweep stops before its first job
 ]
 
 
@@ -42,7 +43,7 @@ def test_a_user_mistake_is_one_error_line_and_exit_code_2(
 ) -> None:
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("INFOFLOW_USER_HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *overrides, f"hydra.run.dir={tmp_path}/run",
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *overrides, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep",
                                       f"paths.cache_dir={tmp_path}/cache", "logger=csv"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(ROOT / f"{script}.py"), run_name="__main__")  # as `python <script>.py`
@@ -51,3 +52,4 @@ def test_a_user_mistake_is_one_error_line_and_exit_code_2(
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and setting in lines[0], err
     assert "Traceback" not in err
+    assert not list(tmp_path.glob("sweep/*/*.csv")) and not (tmp_path / "run" / "heatmaps.csv").exists()  # no work

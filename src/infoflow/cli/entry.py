@@ -45,7 +45,7 @@ USER_ERROR_EXIT = 2
 _USER_FULL_ERROR = "INFOFLOW_USER_HYDRA_FULL_ERROR"
 
 
-class _UserErrorExit(SystemExit):
+class UserErrorExit(SystemExit):
     """A user error of the task function, carried past Hydra's job runner (a SystemExit: Hydra neither
     catches it nor prints the job's overrides) to `run_entry`, which prints it."""
 
@@ -102,7 +102,7 @@ def reports_user_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], 
             message = user_error_message(err)
             if message is None or _traceback_requested():
                 raise
-            raise _UserErrorExit(message) from err
+            raise UserErrorExit(message) from err
 
     return wrapper
 
@@ -115,7 +115,7 @@ def run_entry(main: Callable[[], Any]) -> None:
     install_sigterm_handler()
     try:
         main()
-    except _UserErrorExit as err:
+    except UserErrorExit as err:
         print(f"error: {err.message}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt as err:
