@@ -59,3 +59,25 @@ def test_no_consumer_reads_the_top_level_shorthands() -> None:
     readers = [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "infoflow").rglob("*.py")
                if any(s in p.read_text() for s in ("cfg.layer", "cfg.beta", '_root_.layer'))]
     assert readers == [], readers
+
+
+@pytest.mark.parametrize(("model", "trained"), [("shapesnet", True), ("shapesvit", True), ("resnet18", True),
+                                                ("resnet20", False), ("shapesnet_revised", False)])
+def test_every_task_asks_the_model_entry_whether_default_weights_are_trained(model: str, trained: bool) -> None:
+    from infoflow.errors import ConfigError
+    from infoflow.models.entry import MODELS
+    from infoflow.tasks.common import require_trained
+
+    assert (MODELS.get(model)().default_weights is not None) == trained
+    if trained:
+        require_trained(model, "default", "the model to prune", "weights")
+    else:
+        with pytest.raises(ConfigError, match="weights=default means an untrained"):
+            require_trained(model, "default", "the model to prune", "weights")
+    with pytest.raises(ConfigError, match="weights=none"):
+        require_trained(model, "none", "the model to prune", "weights")
+
+
+def test_the_classifier_task_starts_from_scratch_unless_told_and_keeps_weights_default() -> None:
+    assert compose_config("train", ["task=classifier"]).weights == "none"
+    assert compose_config("train", ["task=classifier", "model=resnet18", "weights=default"]).weights == "default"
