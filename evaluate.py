@@ -7,15 +7,17 @@ Writes into Hydra's run directory and prints that directory as its last line. A 
 import hydra
 from omegaconf import DictConfig
 
+import infoflow.tasks  # noqa: F401  (registers the trainers of the models' default weights)
 from infoflow.analyses import run_analysis
-from infoflow.utils.entry import reports_user_errors, run_entry
-from infoflow.utils.plugins import name_plugins_from_hydra
+from infoflow.cli.entry import reports_user_errors, run_entry
+from infoflow.cli.plugins import name_plugins_from_hydra
+from infoflow.cli.settings import check_config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
-    run_analysis(name_plugins_from_hydra(cfg))
+    run_analysis(check_config(name_plugins_from_hydra(cfg)))
     print(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
 
 

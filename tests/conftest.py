@@ -13,10 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import infoflow.tasks  # noqa: F401  (registers the trainers of the default weights, as the entry points do)
+from infoflow.cli.plugins import name_plugins
 from infoflow.models.pretrained import DEFAULTS, default_weights_path
 from infoflow.models.shapesnet import ShapesNet
 from infoflow.utils.cache import cache_dir
-from infoflow.utils.plugins import name_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -53,7 +54,7 @@ def _isolated_cache(_session_cache: Path) -> Path:
 
 def compose_config(primary: str, overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> DictConfig:
     """``conf/<primary>.yaml`` composed with `overrides` as the entry points see it: every plug-in named by
-    its config group choice (`infoflow.utils.plugins.name_plugins`). The ``hydra`` node is kept only when
+    its config group choice (`infoflow.cli.plugins.name_plugins`). The ``hydra`` node is kept only when
     `hydra` is true (as Hydra itself removes it from the job config)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(primary, overrides=list(overrides), return_hydra_config=True)

@@ -66,10 +66,10 @@ def test_each_input_changes_the_key_and_loader_settings_do_not() -> None:
 def test_file_weights_are_identified_by_content_stamp(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save({"a": torch.zeros(1)}, path)
-    before = weights_id(path)
+    before = weights_id(path, "shapesnet")
     assert before.startswith("w-") and key(weights=str(path)) == key(weights=str(path))
     torch.save({"a": torch.zeros(2)}, path)  # retrained at the same path: another identity
-    assert weights_id(path) != before
+    assert weights_id(path, "shapesnet") != before
 
 
 def compose_evaluate(tmp_path: Path, *overrides: str):
@@ -103,8 +103,15 @@ def batches() -> list[dict[str, torch.Tensor]]:
     return [{"image": torch.randn(8, 3)} for _ in range(4)]
 
 
+@pytest.fixture
+def own_cache(tmp_path: Path):
+    """`tmp_path` as infoflow's cache folder: broken files there are infoflow's own and may be rebuilt."""
+    with using_cache_dir(tmp_path) as root:
+        yield root
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "wrong-shape", "missing-keys"])
-def test_a_broken_estimator_cache_is_rebuilt(tmp_path: Path, kind: str) -> None:
+def test_a_broken_estimator_cache_is_rebuilt(own_cache: Path, tmp_path: Path, kind: str) -> None:
     path = tmp_path / "c.pt"
     reference = fit_estimator(lambda x: x * 2, batches(), max_samples=20)
     if kind == "garbage":
@@ -125,7 +132,7 @@ def test_a_broken_estimator_cache_is_rebuilt(tmp_path: Path, kind: str) -> None:
     assert torch.equal(again.mean, reference.mean)
 
 
-def test_broken_default_weights_are_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_default_weights_are_retrained(own_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     fresh = ShapesNet(4).state_dict()
     calls = []
@@ -137,16 +144,16 @@ def test_broken_default_weights_are_retrained(tmp_path: Path, monkeypatch: pytes
         else:
             garbage(path)
         with pytest.warns(CorruptCacheWarning, match="corrupt"):
-            state = pretrained.shapesnet_default_state_dict(4, root=tmp_path)
+            state = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
         assert all(torch.equal(state[k], fresh[k]) for k in fresh)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the retrained file loads cleanly
-            again = pretrained.shapesnet_default_state_dict(4, root=tmp_path)
+            again = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
         assert all(torch.equal(again[k], fresh[k]) for k in fresh)
     assert calls == [4, 4]
 
 
-def test_broken_delta_f2_and_decoder_files(tmp_path: Path) -> None:
+def test_broken_delta_f2_and_decoder_files(own_cache: Path, tmp_path: Path) -> None:
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
     features = LayerFeatures(model.module, {"conv1": model.layer_path("conv1")}, (0.5,) * 3, (0.25,) * 3)
     x = torch.rand(2, 3, 32, 32)
@@ -164,6 +171,21 @@ def test_broken_delta_f2_and_decoder_files(tmp_path: Path) -> None:
     with pytest.warns(CorruptCacheWarning, match="corrupt"), pytest.raises(MissingDecoderError, match="conv2"):
         load_decoders(tmp_path / "dec", model, ["conv2"])
     assert not path.exists()
+
+
+@pytest.mark.parametrize("named", ["weights", "text"])
+def test_a_user_named_file_that_is_no_estimator_is_an_error_and_kept(tmp_path: Path, named: str) -> None:
+    """``estimator_cache=<file>`` outside the cache folder: a DataError naming the file; its bytes stay."""
+    path = tmp_path / "mine" / "model.pt"
+    path.parent.mkdir()
+    if named == "weights":
+        torch.save(ShapesNet(4).state_dict(), path)
+    else:
+        path.write_text("my notes")
+    before = path.read_bytes()
+    with using_cache_dir(tmp_path / "cache"), pytest.raises(DataError, match=rf"{path} does not hold a valid"):
+        fit_estimator(lambda x: x * 2, batches(), max_samples=20, cache=path)
+    assert path.read_bytes() == before
 
 
 def test_load_cached_leaves_good_and_missing_files_alone(tmp_path: Path) -> None:
@@ -193,7 +215,7 @@ def test_an_unwritable_cache_dir_fails_before_the_work(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(default_weights, "train_shapesnet", no_training)
     with pytest.raises(DataError, match=str(bad)):
-        pretrained.shapesnet_default_state_dict(4, root=bad)
+        pretrained.default_state_dict("shapesnet", 4, root=bad)
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
     features_ = LayerFeatures(model.module, {"conv1": model.layer_path("conv1")}, (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(DataError, match=str(bad)):

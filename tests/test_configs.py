@@ -130,13 +130,13 @@ def test_statistics_cached_for_the_default_weights_follow_their_version(monkeypa
     from infoflow.data import shapes
     from infoflow.models import pretrained
 
-    before = weights_id("default")
+    before = weights_id("default", "shapesnet")
     assert before == f"default-{pretrained.default_weights_version()}" and before.startswith("default-v")
     monkeypatch.setitem(pretrained.SHAPESNET_RECIPE, "epochs", 13)
-    after_recipe = weights_id("default")
+    after_recipe = weights_id("default", "shapesnet")
     monkeypatch.setattr(shapes, "NOISE_STD", shapes.NOISE_STD + 0.01)
-    assert len({before, after_recipe, weights_id("default")}) == 3
-    assert weights_id("none") == "none"
+    assert len({before, after_recipe, weights_id("default", "shapesnet")}) == 3
+    assert weights_id("none", "shapesnet") == "none"
 
 
 def test_default_weights_of_each_model_have_their_own_version(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,11 +16,11 @@ from conftest import ROOT, compose_config
 from hydra.errors import InstantiationException
 
 from infoflow.analyses import run_analysis
+from infoflow.cli.entry import user_error_message
 from infoflow.errors import ConfigError, DataError
 from infoflow.registry import UnknownNameError
 from infoflow.tasks import run_task
 from infoflow.utils.checkpoint import CheckpointError, load_file, load_state_dict_file
-from infoflow.utils.entry import user_error_message
 
 TINY = ["data.image_size=32", "data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=16"]
 

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 
 from infoflow.attribution import METHODS
 from infoflow.builders import build_method
+from infoflow.cli.plugins import PLUGIN_GROUPS, name_plugins
 from infoflow.data.imagefolder import ImageNetDataModule
 from infoflow.models.zoo import get_model
-from infoflow.utils.plugins import PLUGIN_GROUPS, name_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: every method of the project, by registry name

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from infoflow.attribution import METHODS
 from infoflow.builders import build_method, build_trainer
+from infoflow.cli.plugins import name_plugins
 from infoflow.data.shapes import ShapesDataModule, box_to_mask, render_split
 from infoflow.discarding import LayerFeatures, SIDConfig, compute_sid, estimate_delta_f2, resolve_layers
 from infoflow.errors import ConfigError
@@ -32,7 +33,6 @@ from infoflow.models.zoo import ZooModel
 from infoflow.tasks.readout import ReadoutModule
 from infoflow.utils import precision as P
 from infoflow.utils.fold import fold_batchnorm
-from infoflow.utils.plugins import name_plugins
 
 needs_bf16 = pytest.mark.skipif(not P.is_supported("bf16", "cpu"), reason="this CPU has no native bf16")
 

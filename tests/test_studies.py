@@ -13,13 +13,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import infoflow.studies  # noqa: F401  (registers task=study)
+from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table
 from infoflow.studies.stages import read_done, run_stages, stage_config
 from infoflow.studies.verdicts import VERDICTS, spearman
 from infoflow.tasks import TASKS
-from infoflow.utils.plugins import name_plugins
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = ["epochs", "compression", "distillation", "damage", "autoencoder"]

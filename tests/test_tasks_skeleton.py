@@ -15,7 +15,7 @@ from conftest import compose_config
 
 from infoflow.tasks import TASKS, run_task
 from infoflow.tasks.skeleton import TrainingTask
-from infoflow.utils.entry import Interrupted
+from infoflow.utils.interrupt import Interrupted
 
 #: tiny shapes data: 2 training steps per epoch
 TINY = ["data.image_size=32", "data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=16",

@@ -24,7 +24,6 @@ from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.metrics import Degradation, Infidelity, MaxSensitivity, SensitivityN
 from infoflow.models.zoo import ZooModel, get_model
-from infoflow.utils import settings
 from infoflow.utils.checkpoint import CheckpointError
 from infoflow.utils.validation import (
     check_batch_size,
@@ -49,10 +48,6 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- one rule per setting
-
-
-def test_the_settings_module_uses_the_validation_checks() -> None:
-    assert (settings.check_beta, settings.check_count, settings.check_choice) == (check_beta, check_count, check_choice)
 
 
 @pytest.mark.parametrize("value", ["10", True, None, math.nan, -0.5, math.inf])

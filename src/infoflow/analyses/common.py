@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoflow.builders import build_loggers
 from infoflow.data.base import ImageDataModule
-from infoflow.utils.settings import check_choice, check_common, check_count
 from infoflow.utils.tables import write_csv
+from infoflow.utils.validation import check_choice, check_common, check_count
 
 #: the classes an analysis can explain: the label, or the model's prediction
 TARGETS = ("label", "pred")

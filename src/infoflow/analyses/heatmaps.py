@@ -43,6 +43,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
     method = build_method(cfg, model, dm)
+    layer = cfg.method.get("layer")  # the layer the method itself uses (None: a method without a layer)
+    where = cfg.model.name if layer is None else f"{cfg.model.name}/{layer}"
     device = method.device
     out = output_dir(cfg) / "heatmaps"
     prov = provenance(cfg)
@@ -59,10 +61,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             name = dm.class_names[int(target[i])]
             row: dict[str, Any] = {
                 "index": idx, "label": int(label[i]), "target": int(target[i]), "target_name": name,
-                "method": cfg.method.name, "model": cfg.model.name, "layer": cfg.layer, "weights": str(cfg.weights),
+                "method": cfg.method.name, "model": cfg.model.name, "layer": "" if layer is None else str(layer), "weights": str(cfg.weights),
                 f"total [{method.unit.split('/')[0]}]": float(heat[i].sum()),
             }
-            title = f"{cfg.method.name} @ {cfg.model.name}/{cfg.layer}  target: {name}"
+            title = f"{cfg.method.name} @ {where}  target: {name}"
             if result is not None:
                 row["prob_with"], row["prob_without"] = float(result.prob_with[i]), float(result.prob_without[i])
                 title += f"  p={row['prob_without']:.3f} (with bottleneck: {row['prob_with']:.3f})"
@@ -85,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               f"outside: {summary['mean_outside']:.4f} {method.unit} (ratio {summary['inside_outside_ratio']:.2f})")
         print(f"per target class [{method.unit}]:\n{to_markdown_table(classes)}")
         write_markdown(classes, output_dir(cfg) / "heatmaps_by_class.md",
-                       f"{cfg.method.name} @ {cfg.model.name}/{cfg.layer}: mean heatmap inside / outside the object "
+                       f"{cfg.method.name} @ {where}: mean heatmap inside / outside the object "
                        f"masks per target class [{method.unit}]")
     print(f"wrote {len(pngs)} heatmaps to {out} and {', '.join(f'{t}.csv' for t in tables)}")
     log_results(cfg, tables, {"heatmaps": pngs[:16]}, summary)

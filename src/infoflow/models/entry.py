@@ -33,6 +33,7 @@ class ModelEntry:
         load: ``load(weights, num_classes, input_size)`` -> the network with `weights`, for models with their
             own weights loading (timm); None: `build` and the zoo's loading.
         mean, std: the input normalisation of the model's weights (None: unknown).
+        default_weights: loads the trained weights that ``weights=default`` means (None: the model has none).
     """
 
     build: Callable[[int], nn.Module]
@@ -43,6 +44,9 @@ class ModelEntry:
     load: Callable[[str, int, tuple[int, int, int]], nn.Module] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    #: ``default_weights(num_classes)`` -> the state dict of the model's trained default weights (``weights=default``;
+    #: None: the model has none)
+    default_weights: Callable[[int], dict] | None = None
 
 
 MODELS: Registry[Callable[[], ModelEntry]] = Registry("model")

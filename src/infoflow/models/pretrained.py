@@ -3,21 +3,22 @@
 Like torchvision's weights, they are fetched (here: trained, with a progress bar, in a few minutes on
 a CPU) the first time they are asked for and then loaded from the cache root `utils.cache.cache_dir()`:
 ``paths.cache_dir`` in the entry points, whose default is ``$INFOFLOW_CACHE``, else ``~/.cache/infoflow``.
-A corrupt cached file is deleted and retrained. Each model with default weights has a `DefaultWeights`
-entry in `DEFAULTS`: its training recipe and its trainer. Training needs Lightning and the classifier task,
-which sit above the model zoo: the trainer is named by its dotted path, imported only when the weights are
-not cached.
+A corrupt cached file is deleted and retrained. Each model with default weights has its recipe in
+`DEFAULTS`, and its registry entry (`ModelEntry.default_weights`) loads them with `default_state_dict`.
+Training needs Lightning and the classifier task, which sit above the model zoo: `infoflow.tasks` registers
+the trainers in `TRAINERS` when it is imported (the entry points import it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from infoflow.errors import ConfigError
+from infoflow.models.entry import MODELS
 from infoflow.utils import cache
 from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
 
@@ -36,21 +37,11 @@ RESNET18_SHAPES_RECIPE = {"version": 1, "epochs": 6, "lr": 2e-3, "seed": 0, "bat
                           "threads": 2, "image_size": 128}
 
 
-@dataclass(frozen=True)
-class DefaultWeights:
-    """How a zoo model's ``weights=default`` are made: `trainer` (``module:function``, called as
-    ``function(num_classes) -> state dict``) trains it with `recipe` (whose items name the weights' version)."""
-
-    trainer: str
-    recipe: dict
-
-
-#: zoo model name -> how its default weights are trained
-DEFAULTS: dict[str, DefaultWeights] = {
-    "shapesnet": DefaultWeights("infoflow.tasks.default_weights:train_shapesnet", SHAPESNET_RECIPE),
-    "shapesvit": DefaultWeights("infoflow.tasks.default_weights:train_shapesvit", SHAPESVIT_RECIPE),
-    "resnet18": DefaultWeights("infoflow.tasks.default_weights:train_resnet18", RESNET18_SHAPES_RECIPE),
-}
+#: zoo model name -> the recipe of its default weights (whose items name the weights' version)
+DEFAULTS: dict[str, dict] = {"shapesnet": SHAPESNET_RECIPE, "shapesvit": SHAPESVIT_RECIPE,
+                             "resnet18": RESNET18_SHAPES_RECIPE}
+#: zoo model name -> ``trainer(num_classes) -> state dict`` of its default weights (registered by infoflow.tasks)
+TRAINERS: dict[str, Callable[[int], dict[str, torch.Tensor]]] = {}
 
 
 def cache_dir() -> Path:
@@ -66,8 +57,6 @@ def default_weights_path(num_classes: int | str = 4, root: str | Path | None = N
 
 def _load_checked(path: Path, model: str, num_classes: int) -> dict[str, torch.Tensor]:
     """The state dict in `path`, checked to fit zoo `model` with `num_classes` classes (keys and shapes)."""
-    from infoflow.models.zoo import MODELS
-
     state = load_state_dict_file(path)
     MODELS.get(model)().build(num_classes).load_state_dict(state)  # raises on wrong keys or shapes
     return state
@@ -80,21 +69,19 @@ def default_state_dict(model: str, num_classes: int = 4, root: str | Path | None
         root: cache root; default `cache_dir()`.
     """
     if model not in DEFAULTS:
-        raise ValueError(f"model {model!r} has no default weights; models with them: {', '.join(DEFAULTS)}")
+        raise ConfigError(f"weights=default: model {model} has no default weights; models with them: "
+                          f"{', '.join(DEFAULTS)}")
     path = default_weights_path(num_classes, root, model)
     state = cache.load_cached(path, lambda p: _load_checked(p, model, num_classes))
     if state is None:
+        if model not in TRAINERS:
+            raise ConfigError(f"the default weights of {model} are not cached in {path.parent} and their trainer is "
+                              "not loaded: import infoflow.tasks first (the entry points do)")
         cache.ensure_writable(path.parent)
         print(f"[infoflow] training the default {model} on the built-in shapes data (first use; cached at {path})")
-        module, function = DEFAULTS[model].trainer.split(":")
-        state = getattr(importlib.import_module(module), function)(num_classes)
+        state = TRAINERS[model](num_classes)
         atomic_save(state, path)
     return state
-
-
-def shapesnet_default_state_dict(num_classes: int = 4, root: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """`default_state_dict` of ShapesNet."""
-    return default_state_dict("shapesnet", num_classes, root)
 
 
 def default_weights_version(model: str = "shapesnet") -> str:
@@ -104,7 +91,7 @@ def default_weights_version(model: str = "shapesnet") -> str:
 
     if model not in DEFAULTS:
         raise ValueError(f"model {model!r} has no default weights; models with them: {', '.join(DEFAULTS)}")
-    recipe = DEFAULTS[model].recipe
+    recipe = DEFAULTS[model]
     settings = [shapes.SHAPE_NAMES, shapes.OBJECT_SCALE, shapes.NUM_DISTRACTORS, shapes.MIN_CONTRAST,
                 shapes.NOISE_STD, shapes.BACKGROUND_RANGE, recipe]
     if model != "shapesnet":  # shapesnet's version string predates the model name: keep its caches valid

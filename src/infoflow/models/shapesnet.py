@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from infoflow.models.entry import MODELS, ModelEntry
 from infoflow.models.layers import shapesnet_layers
+from infoflow.models.pretrained import default_state_dict
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -43,4 +46,4 @@ class ShapesNet(nn.Module):
 @MODELS.register("shapesnet")
 def shapesnet() -> ModelEntry:
     """The built-in default classifier (64x64 `shapes` images, 4 classes), layers named ``conv1``, ..., ``fc``."""
-    return ModelEntry(ShapesNet, shapesnet_layers, (3, 64, 64), 4)
+    return ModelEntry(ShapesNet, shapesnet_layers, (3, 64, 64), 4, default_weights=partial(default_state_dict, "shapesnet"))

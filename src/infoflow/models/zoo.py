@@ -4,7 +4,7 @@ Weights are one of
 - ``"none"``: random initialisation;
 - a torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), fetched the torchvision way;
 - ``"default"`` for ``shapesnet``, ``shapesvit`` and ``resnet18`` (at 128x128): trained on the built-in ``shapes``
-  data on first use and cached (`infoflow.models.pretrained.DEFAULTS`);
+  data on first use and cached (`ModelEntry.default_weights`, see `infoflow.models.pretrained`);
 - a path to a local checkpoint (a ``state_dict``, or a Lightning checkpoint), loaded with ``weights_only=True``.
 
 Every model is built with its in-place modules switched off (`infoflow.models.inplace`): same outputs, and
@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from infoflow.errors import ConfigError
 from infoflow.models.entry import MODELS, ModelEntry
 from infoflow.models.inplace import disable_inplace
 from infoflow.models.layers import convnext_layers, resnet_layers, swin_layers, vgg_layers, vit_layers
-from infoflow.models.pretrained import DEFAULTS, default_state_dict
+from infoflow.models.pretrained import default_state_dict
 from infoflow.models.vit import TokenSwin, TokenViT, shapesvit
 from infoflow.utils.checkpoint import CheckpointError, load_state_dict_file
 from infoflow.utils.validation import check_class_indices, check_images
@@ -52,8 +54,10 @@ def torchvision_vgg(arch: str) -> ModelEntry:
 @MODELS.register("resnet34", arch="resnet34")
 @MODELS.register("resnet50", arch="resnet50")
 def torchvision_resnet(arch: str) -> ModelEntry:
-    """torchvision's ResNet `arch` (ImageNet, 224x224), layers named ``conv3_4``, ``fc``, ..."""
-    return _torchvision(arch, resnet_layers)
+    """torchvision's ResNet `arch` (ImageNet, 224x224), layers named ``conv3_4``, ``fc``, ...; resnet18 has
+    ``weights=default``: trained on 128x128 shapes images (`infoflow.models.pretrained`)."""
+    entry = _torchvision(arch, resnet_layers)
+    return replace(entry, default_weights=partial(default_state_dict, arch)) if arch == "resnet18" else entry
 
 
 @MODELS.register("vit_b_16", arch="vit_b_16")
@@ -81,7 +85,7 @@ def torchvision_convnext(arch: str) -> ModelEntry:
 @MODELS.register("shapesvit")
 def shapesvit_entry() -> ModelEntry:
     """The small ViT for the built-in data (64x64, patch 8): ``embed``, ``block1`` ... ``block6``, ``fc``."""
-    return ModelEntry(shapesvit, vit_layers, (3, 64, 64), 4)
+    return ModelEntry(shapesvit, vit_layers, (3, 64, 64), 4, default_weights=partial(default_state_dict, "shapesvit"))
 
 
 @dataclass
@@ -168,16 +172,16 @@ def get_model(
     module = entry.build(num_classes)
     if weights.lower() == "none":
         pass
-    elif weights == "default" and name in DEFAULTS:
-        module.load_state_dict(default_state_dict(name, num_classes))
+    elif weights == "default" and entry.default_weights is not None:
+        module.load_state_dict(entry.default_weights(num_classes))
     elif Path(weights).expanduser().exists() or "/" in weights or weights.endswith((".pt", ".pth", ".ckpt")):
         load_into(module, load_state_dict_file(Path(weights).expanduser()), source=weights)
     elif entry.torchvision_name is not None:
         module.load_state_dict(_torchvision_state_dict(entry.torchvision_name, weights, num_classes))
     else:
-        raise ValueError(
-            f"unknown weights {weights!r} for model {name!r}: use 'none', a checkpoint path"
-            + (", or 'default'" if name in DEFAULTS else "")
+        raise ConfigError(
+            f"weights={weights!r}: unknown weights for model {name!r}; valid: 'none', a checkpoint path"
+            + (", or 'default'" if entry.default_weights is not None else "")
         )
     module.eval()
     disable_inplace(module)

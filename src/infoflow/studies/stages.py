@@ -30,10 +30,10 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError
 from infoflow.utils.cache import digest as config_hash
 from infoflow.utils.checkpoint import atomic_write
-from infoflow.utils.plugins import name_plugins
 
 log = logging.getLogger(__name__)
 

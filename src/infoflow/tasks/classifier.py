@@ -82,11 +82,12 @@ class SaveEveryEpoch(pl.Callback):
 
 @TASKS.register("classifier")
 class ClassifierTask(TrainingTask):
-    """Train `cfg.model` on `cfg.data` from `cfg.weights` (``default``: from scratch); save ``model.pt``."""
+    """Train `cfg.model` on `cfg.data` from `cfg.weights` (the task's default ``none``: from scratch;
+    ``default``: from the model's trained default weights); save ``model.pt``."""
 
     def build_module(self, dm: ImageDataModule) -> ClassifierModule:
         cfg = self.cfg
-        model = build_model(cfg, dm, weights="none" if cfg.weights == "default" else None)
+        model = build_model(cfg, dm)
         return ClassifierModule(model.module, model.num_classes, lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
 
     def callbacks(self) -> list[pl.Callback]:

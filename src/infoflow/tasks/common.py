@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from infoflow.errors import ConfigError
+from infoflow.models.entry import MODELS
 from infoflow.utils.checkpoint import atomic_save
 
 
 def require_trained(model: str, weights: Any, what: str, override: str) -> None:
-    """Raise a `ConfigError` unless `weights` names trained weights for zoo model `model`."""
+    """Raise a `ConfigError` unless `weights` names trained weights for zoo model `model` (``default`` is
+    trained when the model's registry entry has default weights)."""
     w = str(weights)
-    if w.lower() == "none" or (w == "default" and model != "shapesnet"):
+    if w.lower() == "none" or (w == "default" and MODELS.get(model)().default_weights is None):
         raise ConfigError(
             f"{what} must be a trained classifier, but {override}={w} means an untrained {model}: pass "
             f"{override}=<path to its model.pt> (train one with: python train.py task=classifier model={model}; "

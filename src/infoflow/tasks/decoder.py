@@ -22,7 +22,7 @@ from infoflow.utils.cache import ensure_writable
 
 @TASKS.register("decoder")
 class DecoderTask(TrainingTask):
-    """Fit the decoder of `cfg.layer` of `cfg.model` (with `cfg.weights`, frozen) on `cfg.data`; save it."""
+    """Fit the decoder of `cfg.task.layer` of `cfg.model` (with `cfg.weights`, frozen) on `cfg.data`; save it."""
 
     test = False
 
@@ -32,13 +32,13 @@ class DecoderTask(TrainingTask):
     def build_module(self, dm: ImageDataModule) -> LayerDecoder:
         cfg = self.cfg
         self.model: ZooModel = build_model(cfg, dm)
-        module = LayerDecoder.for_layer(self.model, cfg.layer, dm.mean, dm.std, width=cfg.task.width,
+        module = LayerDecoder.for_layer(self.model, str(cfg.task.layer), dm.mean, dm.std, width=cfg.task.width,
                                         num_blocks=cfg.task.num_blocks, lr=cfg.task.lr)
         module.strict_loading = False  # its checkpoints hold the decoder only; the frozen network is rebuilt
         return module
 
     def save(self, trainer: pl.Trainer, module: LayerDecoder, metrics: dict[str, Any]) -> None:
         model = self.model
-        path = module.save(decoder_path(self.cfg.task.decoder_dir, model.name, model.weights, self.cfg.layer,
+        path = module.save(decoder_path(self.cfg.task.decoder_dir, model.name, model.weights, str(self.cfg.task.layer),
                                         model.input_size))
-        print(f"decoder of {model.name}/{self.cfg.layer}: {path}  (val/mse {metrics.get('val/mse', float('nan')):.4f})")
+        print(f"decoder of {model.name}/{self.cfg.task.layer}: {path}  (val/mse {metrics.get('val/mse', float('nan')):.4f})")

@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 import torch
 
 from infoflow.data.shapes import ShapesDataModule
-from infoflow.models.pretrained import DEFAULTS
+from infoflow.models.entry import MODELS
+from infoflow.models.pretrained import DEFAULTS, TRAINERS
 from infoflow.tasks.classifier import ClassifierModule
 from infoflow.utils.determinism import make_deterministic
 
@@ -16,9 +17,7 @@ from infoflow.utils.determinism import make_deterministic
 def train_default(model: str, num_classes: int, **overrides) -> dict[str, torch.Tensor]:
     """Train zoo `model` from scratch on the default ShapesDataModule with its recipe in
     `infoflow.models.pretrained.DEFAULTS` (items overridden by `overrides`); return its state dict."""
-    from infoflow.models.zoo import MODELS
-
-    recipe = {**DEFAULTS[model].recipe, **overrides}
+    recipe = {**DEFAULTS[model], **overrides}
     make_deterministic(recipe["seed"])
     data = ShapesDataModule(num_classes=num_classes, batch_size=recipe["batch_size"], seed=recipe["seed"],
                             num_empty=recipe.get("num_empty", 0), image_size=recipe.get("image_size", 64))
@@ -55,3 +54,8 @@ def train_shapesvit(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
 def train_resnet18(num_classes: int, **overrides) -> dict[str, torch.Tensor]:
     """torchvision's ResNet-18 trained on 128x128 shapes images (`train_default`): ``weights=default``."""
     return train_default("resnet18", num_classes, **overrides)
+
+
+# looked up at call time, so that a replaced module function (e.g. in a test) is the one used
+TRAINERS.update(shapesnet=lambda n: train_shapesnet(n), shapesvit=lambda n: train_shapesvit(n),
+                resnet18=lambda n: train_resnet18(n))

@@ -43,8 +43,8 @@ from infoflow.iba.readout import META_KEY, STATE_PREFIX, ReadoutBottleneck, chec
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.checkpoint import atomic_save, atomic_write
-from infoflow.utils.settings import check_beta
 from infoflow.utils.tables import write_csv
+from infoflow.utils.validation import check_beta
 from infoflow.viz import plot_heatmap
 
 _INITIAL_KEY = "readout_initial_metrics"
@@ -220,7 +220,7 @@ class ReadoutModule(pl.LightningModule):
 
 @TASKS.register("readout")
 class ReadoutTask(TrainingTask):
-    """Train a Readout Bottleneck for `cfg.model` at `cfg.layer` on `cfg.data`; write ``readout.pt`` and
+    """Train a Readout Bottleneck for `cfg.model` at `cfg.task.layer` on `cfg.data`; write ``readout.pt`` and
     ``metrics.json``. Before a fresh fit, the untrained readout is validated (the ``init/...`` metrics)."""
 
     test = False
@@ -228,12 +228,12 @@ class ReadoutTask(TrainingTask):
     def build_module(self, dm: ImageDataModule) -> ReadoutModule:
         cfg, task = self.cfg, self.cfg.task
         model = build_model(cfg, dm)
-        readout = ReadoutBottleneck(model, cfg.layer, list(task.readout_layers), sigma=task.sigma,
+        readout = ReadoutBottleneck(model, str(task.layer), list(task.readout_layers), sigma=task.sigma,
                                     hidden=task.hidden, init_bias=task.init_bias, max_alpha=task.max_alpha)
         data = OmegaConf.to_container(cfg.data, resolve=True)
         assert isinstance(data, dict)
         return ReadoutModule(
-            readout, beta=cfg.beta, lr=task.lr, meta=readout.meta(data), estimator_samples=task.estimator_samples,
+            readout, beta=task.beta, lr=task.lr, meta=readout.meta(data), estimator_samples=task.estimator_samples,
             estimator_caches={name: cache_path(cfg, "estimators", name, samples=task.estimator_samples)
                               for name in readout.stat_layers},
             num_heatmaps=task.num_heatmaps, objective_beta=task.objective_beta, output_dir=cfg.paths.output_dir,
@@ -250,9 +250,9 @@ class ReadoutTask(TrainingTask):
     def save(self, trainer: pl.Trainer, module: ReadoutModule, metrics: dict[str, Any]) -> None:
         cfg, out = self.cfg, Path(self.cfg.paths.output_dir)
         path = module.export(out / "readout.pt")
-        record = {"beta": float(cfg.beta), "lr": float(cfg.task.lr), "model": cfg.model.name, "layer": cfg.layer,
+        record = {"beta": float(cfg.task.beta), "lr": float(cfg.task.lr), "model": cfg.model.name, "layer": cfg.task.layer,
                   "weights": str(cfg.weights), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
                   "metrics": metrics, "initial": module.initial_metrics}
         atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
-        print(f"readout: {path}  (python evaluate.py method=readout model={cfg.model.name} layer={cfg.layer} "
+        print(f"readout: {path}  (python evaluate.py method=readout model={cfg.model.name} layer={cfg.task.layer} "
               f"readout_ckpt={path})")

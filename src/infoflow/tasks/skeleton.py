@@ -30,8 +30,8 @@ from pytorch_lightning.loggers import WandbLogger
 from infoflow.builders import build_datamodule, build_trainer, log_config
 from infoflow.data.base import ImageDataModule
 from infoflow.errors import ConfigError, DataError, UserError
-from infoflow.utils.entry import Interrupted, lightning_stops_on_sigterm
-from infoflow.utils.settings import check_common
+from infoflow.utils.interrupt import Interrupted, lightning_stops_on_sigterm
+from infoflow.utils.validation import check_common
 
 log = logging.getLogger(__name__)
 

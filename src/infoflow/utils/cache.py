@@ -13,9 +13,10 @@ use these, so two results that differ in any input never share a file.
   entry points apply with `using_cache_dir`; its default is ``$INFOFLOW_CACHE``, else
   ``~/.cache/infoflow`` (also for Python use without Hydra).
 
-Broken files: `load_cached` treats a cache file that does not load or validate (truncated zip,
-unpickling error, missing keys, wrong shapes) as absent: it warns once, deletes it and the caller
-rebuilds. `ensure_writable` checks a cache directory before any work that will write into it.
+Broken files: `load_cached` treats a file inside the cache folder that does not load or validate
+(truncated zip, unpickling error, missing keys, wrong shapes) as absent: it warns once, deletes it and
+the caller rebuilds. A file outside the cache folder was named by the user and is never deleted: a broken
+one is a `DataError`. `ensure_writable` checks a cache directory before any work that will write into it.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def tensor_fingerprint(module: nn.Module) -> str:
     return sha.hexdigest()
 
 
-def weights_id(weights: str | Path, model: str = "shapesnet") -> str:
+def weights_id(weights: str | Path, model: str) -> str:
     """Identify zoo `model`'s weights: a registered name with the model's version (``default-v3-...``, see
     `WEIGHTS_VERSIONS`), a checkpoint file by stem, resolved path, size and modification time, otherwise the
     name itself."""
@@ -180,10 +181,11 @@ def cache_path(cfg: Any, kind: str, layer: str, weights: str | None = None, **re
     return cache_file(Path(cfg.paths.cache_dir) / kind, cfg.model.name, layer, key)
 
 
-def _cache_path_resolver(kind: str, samples: int | None = None, *, _root_: Any) -> str:
-    """``${cache_path:KIND,SAMPLES}``: `cache_path` for ``layer`` of the run (SAMPLES: the sample count)."""
+def _cache_path_resolver(kind: str, layer: str, samples: int | None = None, *, _root_: Any) -> str:
+    """``${cache_path:KIND,LAYER,SAMPLES}``: `cache_path` for LAYER, the layer of the node that owns the cache
+    (``${.layer}`` of the method, never the top-level shorthand), with SAMPLES as its sample count."""
     recipe = {} if samples is None else {"samples": int(samples)}
-    return str(cache_path(_root_, kind, _root_.layer, **recipe))
+    return str(cache_path(_root_, kind, str(layer), **recipe))
 
 
 OmegaConf.register_new_resolver("cache_path", _cache_path_resolver, replace=True)
@@ -208,11 +210,22 @@ def ensure_writable(
     return directory
 
 
-def load_cached(path: str | Path, load: Callable[[Path], T]) -> T | None:
-    """``load(path)``, or None when `path` is missing or broken.
+def is_in_cache_dir(path: str | Path) -> bool:
+    """Whether `path` lies inside infoflow's cache folder (`cache_dir`), where infoflow names every file."""
+    try:
+        Path(path).expanduser().resolve().relative_to(cache_dir().resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def load_cached(path: str | Path, load: Callable[[Path], T], what: str = "cached result") -> T | None:
+    """``load(path)``, or None when `path` is missing or is a broken file of infoflow's own cache.
 
     `load` reads and validates the file and raises on a bad one (unreadable, truncated, missing keys,
-    wrong shapes). A broken file gets one `CorruptCacheWarning` and is deleted so that the caller rebuilds it.
+    wrong shapes). A broken file inside the cache folder (`cache_dir`) gets one `CorruptCacheWarning` and is
+    deleted so that the caller rebuilds it. A file elsewhere was named by the user: it is never deleted or
+    overwritten, and a `DataError` says that it does not hold a `what`.
     """
     path = Path(path)
     if not path.is_file():
@@ -221,6 +234,10 @@ def load_cached(path: str | Path, load: Callable[[Path], T]) -> T | None:
         return load(path)
     except Exception as err:  # noqa: BLE001  (any failure to read or validate means: rebuild)
         reason = (str(err).strip().splitlines() or [""])[0]
+        if not is_in_cache_dir(path):
+            raise DataError(f"{path} does not hold a valid {what} ({type(err).__name__}: {reason}); it lies outside "
+                            f"infoflow's cache folder {cache_dir()}, so it is left untouched: name another file "
+                            "or remove it yourself") from None
         warnings.warn(f"cache file {path} is corrupt ({type(err).__name__}: {reason}); deleting it and rebuilding",
                       CorruptCacheWarning, stacklevel=2)
         path.unlink(missing_ok=True)

@@ -34,6 +34,26 @@ MAX_ABS_PIXEL = 1e4
 # ---------------------------------------------------------------- settings
 
 
+def check_trainer(cfg: Any) -> None:
+    """A GPU trainer (``trainer=gpu|ddp``) on a machine where torch sees no CUDA GPU stops here."""
+    trainer = cfg.get("trainer") or {}
+    if str(trainer.get("accelerator", "")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        ddp = "ddp" in str(trainer.get("strategy", ""))
+        raise ConfigError(
+            f"trainer.accelerator={trainer.accelerator} needs a CUDA GPU, but torch sees none on this machine: use "
+            + ("trainer=ddp_cpu (DDP over CPU processes)" if ddp else "trainer=cpu")
+        )
+
+
+def check_common(cfg: Any) -> None:
+    """The settings of train.py and evaluate.py alike: beta and the trainer."""
+    for owner in ("method", "task"):  # beta is owned by the method or task node (``beta=`` only feeds it)
+        node = cfg.get(owner)
+        if hasattr(node, "get") and node.get("beta") is not None:
+            check_beta(node.beta, f"{owner}.beta")
+    check_trainer(cfg)
+
+
 def check_beta(beta: Any, name: str = "beta") -> float:
     """`beta` as a float; the one rule everywhere: a finite number >= 0 (0: no information penalty).
 

@@ -14,10 +14,9 @@ around the decorated main (errors of the command line and the config composition
   one line, ``error: <message>``, on stderr and exits with code 2, without a traceback. With
   ``HYDRA_FULL_ERROR=1`` set, the traceback is shown as well. Any other exception is a bug and keeps its
   traceback.
-- SIGTERM (what SLURM sends) and SIGINT raise `Interrupted`: the entry point prints its message (the
-  training tasks put the resume command into it) and exits with 128 + the signal number (143, 130).
-  Inside `lightning_stops_on_sigterm` a SIGTERM only sets Lightning's ``trainer.received_sigterm``:
-  Lightning then stops all processes at the next batch, together (the DDP-safe way).
+- SIGTERM (what SLURM sends) and SIGINT raise `infoflow.utils.interrupt.Interrupted`: the entry point
+  prints its message (the training tasks put the resume command into it) and exits with 128 + the signal
+  number (143, 130).
 """
 
 from __future__ import annotations
@@ -26,9 +25,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 from hydra.errors import (
@@ -40,54 +37,21 @@ from hydra.errors import (
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from infoflow.errors import UserError
+from infoflow.utils.interrupt import Interrupted, install_sigterm_handler
 
 #: exit code of a user error (as argparse uses for bad arguments)
 USER_ERROR_EXIT = 2
 #: the user's own HYDRA_FULL_ERROR, kept here for the DDP processes that Lightning starts with our environment
 _USER_FULL_ERROR = "INFOFLOW_USER_HYDRA_FULL_ERROR"
-_lightning_handles_sigterm = False
 
 
-class Interrupted(KeyboardInterrupt):
-    """The run was stopped by a signal; the entry point exits with ``128 + signum``.
-
-    A `KeyboardInterrupt`, so that Lightning shuts down as on Ctrl-C (and stops its DDP processes).
-    """
-
-    def __init__(self, signum: int, message: str = "") -> None:
-        self.signum = int(signum)
-        self.message = message or f"interrupted by {signal.Signals(self.signum).name}"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class _UserErrorExit(SystemExit):
+class UserErrorExit(SystemExit):
     """A user error of the task function, carried past Hydra's job runner (a SystemExit: Hydra neither
     catches it nor prints the job's overrides) to `run_entry`, which prints it."""
 
     def __init__(self, message: str) -> None:
         super().__init__(USER_ERROR_EXIT)
         self.message = message
-
-
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    if signum == signal.SIGTERM and _lightning_handles_sigterm:
-        return  # Lightning's own handler (called before this one) has set trainer.received_sigterm
-    raise Interrupted(signum)
-
-
-@contextmanager
-def lightning_stops_on_sigterm() -> Iterator[None]:
-    """Within: a SIGTERM is left to Lightning's Trainer (it stops at the next batch; check
-    ``trainer.received_sigterm`` afterwards). Outside: a SIGTERM raises `Interrupted` at once."""
-    global _lightning_handles_sigterm
-    before, _lightning_handles_sigterm = _lightning_handles_sigterm, True
-    try:
-        yield
-    finally:
-        _lightning_handles_sigterm = before
 
 
 def _one_line(text: str) -> str:
@@ -138,7 +102,7 @@ def reports_user_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], 
             message = user_error_message(err)
             if message is None or _traceback_requested():
                 raise
-            raise _UserErrorExit(message) from err
+            raise UserErrorExit(message) from err
 
     return wrapper
 
@@ -148,10 +112,10 @@ def run_entry(main: Callable[[], Any]) -> None:
     if _USER_FULL_ERROR not in os.environ:
         os.environ[_USER_FULL_ERROR] = os.environ.get("HYDRA_FULL_ERROR", "")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises every exception; this wrapper reports it
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    install_sigterm_handler()
     try:
         main()
-    except _UserErrorExit as err:
+    except UserErrorExit as err:
         print(f"error: {err.message}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt as err:
