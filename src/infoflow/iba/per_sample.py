@@ -7,7 +7,9 @@ units of 1/k), computed faster with unchanged results:
 - the head (input up to the layer) runs once per image; each step runs only the tail, on a network
   without in-place modules (`infoflow.models.inplace`), so the cached feature stays the layer's output;
 - many images are fitted at once, each with its own alpha: Adam is element-wise and the loss is a sum
-  of per-image losses, so this equals fitting them one at a time with the same noise.
+  of per-image losses, so this equals fitting them one at a time with the same noise;
+- `explain_grid` fits several betas of one image in one batched pass (each element carries its own
+  beta, the head runs once per image): the same independence, so it equals one fit per beta.
 
 Precision (``precision``, see `infoflow.utils.precision`): with ``bf16`` only the network's passes (the
 head once, the tail at every step, and the tail's backward) run under autocast; their outputs are cast to
@@ -53,8 +55,8 @@ class IBAResult:
 
     @property
     def total_bits(self) -> torch.Tensor:
-        """(N,) total information in bits that passes the bottleneck."""
-        return self.heatmap.sum((1, 2))
+        """(N,) (or (N, B) for a grid) total information in bits that passes the bottleneck."""
+        return self.heatmap.sum((-2, -1))
 
     @classmethod
     def empty(cls, image_size: tuple[int, int], feature_shape: tuple[int, ...], device: torch.device) -> IBAResult:
@@ -161,22 +163,64 @@ class PerSampleIBA(Attribution):
         if inputs.shape[0] == 0:
             return IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
         generators = noise_generators(self.seed, inputs.shape[0], inputs.device)
+        beta = torch.full((inputs.shape[0],), float(self.beta), device=inputs.device)
         parts = [
             self._fit_chunk(inputs[i : i + self.batch_size], target[i : i + self.batch_size],
-                            generators[i : i + self.batch_size] if generators else None)
+                            generators[i : i + self.batch_size] if generators else None,
+                            beta[i : i + self.batch_size])
             for i in range(0, inputs.shape[0], self.batch_size)
         ]
         return IBAResult(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
+    def explain_grid(self, inputs: torch.Tensor, target: torch.Tensor | int, betas: list[float]) -> IBAResult:
+        """Fit every image at every beta of `betas` (units of 1/k) in batched passes.
+
+        Returns an `IBAResult` whose tensors have a beta axis after the image axis: heatmap (N, B, H, W),
+        capacity (N, B, C, h, w), prob_with (N, B), prob_without (N, B). Element (i, b) draws the noise of
+        image i (seed ``seed + i``), so it equals ``explain`` of image i with ``beta=betas[b]``.
+        Images per chunk: ``max(1, batch_size // len(betas))``.
+        """
+        if not betas:
+            raise ValueError("explain_grid needs at least one beta")
+        betas = [check_beta(b) for b in betas]
+        if self.bottleneck is None:
+            raise NotEstimatedError(
+                "PerSampleIBA needs the layer's feature statistics: call .fit(dataloader) or pass estimator="
+            )
+        target = check_inputs_and_target(self.model, inputs, target)
+        n, nb = inputs.shape[0], len(betas)
+        if n == 0:
+            empty = IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
+            return IBAResult(*(t.unsqueeze(1).expand(0, nb, *t.shape[1:]) for t in
+                               (empty.heatmap, empty.capacity, empty.prob_with, empty.prob_without)))
+        step = max(1, self.batch_size // nb)
+        beta_row = torch.tensor(betas, dtype=torch.float32, device=inputs.device)
+        parts = []
+        for i in range(0, n, step):
+            m = min(step, n - i)
+            gens = None
+            if self.seed is not None:  # element (i, b): a fresh generator seeded seed + i for every beta
+                gens = [g for j in range(m) for _ in betas
+                        for g in noise_generators(self.seed + i + j, 1, inputs.device) or []]
+            parts.append(self._fit_chunk(inputs[i : i + m], target[i : i + m], gens, beta_row.repeat(m), repeats=nb))
+        return IBAResult(*(torch.cat(p).unflatten(0, (n, nb)) for p in zip(*parts, strict=True)))
+
     def _fit_chunk(
-        self, x: torch.Tensor, target: torch.Tensor, generators: list[torch.Generator] | None
+        self, x: torch.Tensor, target: torch.Tensor, generators: list[torch.Generator] | None,
+        beta: torch.Tensor, repeats: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fit ``x.shape[0] * repeats`` problems: each image `repeats` times in a row (head run once per
+        image), element e with weight ``beta[e]`` and noise from ``generators[e]``."""
         assert self.bottleneck is not None
         with frozen(self.model.module):
-            n, k = x.shape[0], self.copies
+            k = self.copies
             with torch.no_grad(), autocast(self.precision, x.device):
                 feature = to_fp32(self.fast.head(x))
                 prob_without = F.softmax(to_fp32(self.fast.tail(feature, x)), 1).gather(1, target[:, None])[:, 0]
+            if repeats > 1:
+                x, target = x.repeat_interleave(repeats, 0), target.repeat_interleave(repeats)
+                feature, prob_without = feature.repeat_interleave(repeats, 0), prob_without.repeat_interleave(repeats)
+            n = x.shape[0]
             x_rep = x.repeat_interleave(k, 0) if self.fast.needs_input else None
             r_rep = feature.repeat_interleave(k, 0)
             t_rep = target.repeat_interleave(k)
@@ -192,10 +236,9 @@ class PerSampleIBA(Attribution):
                 with autocast(self.precision, x.device):
                     logits = to_fp32(self.fast.tail(z.contiguous(memory_format=memory_format), x_rep))
                 ce = F.cross_entropy(logits, t_rep, reduction="none").view(n, k).mean(1)
-                loss = (ce + self.beta * cap.flatten(1).mean(1)).sum()
+                loss = (ce + beta * cap.flatten(1).mean(1)).sum()
                 loss.backward()
                 optimizer.step()
         cap = cap.detach()
         prob_with = F.softmax(logits.detach(), 1).gather(1, t_rep[:, None]).view(n, k).mean(1)
         return capacity_to_heatmap(cap, tuple(x.shape[-2:])), cap, prob_with, prob_without
-
