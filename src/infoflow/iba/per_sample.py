@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from infoflow.errors import ConfigError
 from infoflow.iba.bottleneck import Bottleneck, capacity_to_heatmap
 from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
@@ -132,8 +133,19 @@ class PerSampleIBA(Attribution):
             prepare_network(model.module, self.precision, torch.zeros(1, *model.input_size, device=self.device)),
             self.layer, use_fx=use_fx)
         self.bottleneck: Bottleneck | None = None
+        #: set True to keep, in `explain_grid`, the capacity map of every step as `step_capacity`
+        self.record_steps = False
+        self.step_capacity: torch.Tensor | None = None
+        self._recorded = []
         if estimator is not None:
             self.set_estimator(estimator)
+
+    def set_sigma(self, sigma: float) -> None:
+        """Change the smoothing of lam (feature pixels); keeps the fitted feature statistics."""
+        self.sigma = check_number(sigma, "sigma")
+        if self.bottleneck is not None:
+            bn = self.bottleneck
+            self.bottleneck = Bottleneck(bn.mean, bn.std, bn.active, self.sigma).to(self.device)
 
     def set_estimator(self, estimator: Estimator) -> None:
         """Use the feature statistics of `estimator` (fitted, or loaded from a cache file)."""
@@ -181,7 +193,7 @@ class PerSampleIBA(Attribution):
         Images per chunk: ``max(1, batch_size // len(betas))``.
         """
         if not betas:
-            raise ValueError("explain_grid needs at least one beta")
+            raise ConfigError("explain_grid: betas is empty; give at least one beta (units of 1/k), e.g. [1, 10]")
         betas = [check_beta(b) for b in betas]
         if self.bottleneck is None:
             raise NotEstimatedError(
@@ -194,6 +206,7 @@ class PerSampleIBA(Attribution):
             return IBAResult(*(t.unsqueeze(1).expand(0, nb, *t.shape[1:]) for t in
                                (empty.heatmap, empty.capacity, empty.prob_with, empty.prob_without)))
         step = max(1, self.batch_size // nb)
+        self._recorded: list[torch.Tensor] = []
         beta_row = torch.tensor(betas, dtype=torch.float32, device=inputs.device)
         parts = []
         for i in range(0, n, step):
@@ -203,6 +216,8 @@ class PerSampleIBA(Attribution):
                 gens = [g for j in range(m) for _ in betas
                         for g in noise_generators(self.seed + i + j, 1, inputs.device) or []]
             parts.append(self._fit_chunk(inputs[i : i + m], target[i : i + m], gens, beta_row.repeat(m), repeats=nb))
+        if self.record_steps:  # (N, B, steps, C, h, w) nats: the capacity after each step's update
+            self.step_capacity = torch.cat(self._recorded).unflatten(0, (n, nb))
         return IBAResult(*(torch.cat(p).unflatten(0, (n, nb)) for p in zip(*parts, strict=True)))
 
     def _fit_chunk(
@@ -226,6 +241,7 @@ class PerSampleIBA(Attribution):
             t_rep = target.repeat_interleave(k)
             alpha = torch.full_like(feature, self.init_alpha, requires_grad=True)
             optimizer = torch.optim.Adam([alpha], lr=self.lr)
+            steps: list[torch.Tensor] = []
             memory_format = torch.channels_last if self.precision != "32" and feature.dim() == 4 else torch.preserve_format
             for _ in range(self.steps):
                 optimizer.zero_grad()
@@ -239,6 +255,10 @@ class PerSampleIBA(Attribution):
                 loss = (ce + beta * cap.flatten(1).mean(1)).sum()
                 loss.backward()
                 optimizer.step()
+                if self.record_steps:
+                    steps.append(cap.detach())
+        if self.record_steps:
+            self._recorded.append(torch.stack(steps, 1))
         cap = cap.detach()
         prob_with = F.softmax(logits.detach(), 1).gather(1, t_rep[:, None]).view(n, k).mean(1)
         return capacity_to_heatmap(cap, tuple(x.shape[-2:])), cap, prob_with, prob_without
