@@ -1,10 +1,15 @@
-"""The batched grid fit: every (image, beta) at one layer in one pass equals fitting each beta alone."""
+"""analysis=grid and the batched grid fit: every (image, beta) at one layer in one pass equals fitting each beta alone."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
+from conftest import compose_config
 
+from infoflow.analyses import run_analysis
+from infoflow.analyses.grid import grid_artefact
+from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
 
@@ -41,3 +46,38 @@ def test_grid_without_betas_is_an_error() -> None:
     iba, x = _fitted()
     with pytest.raises(ValueError, match="beta"):
         iba.explain_grid(x, 0, [])
+
+
+def test_grid_artefact_is_high_for_a_planted_grid_and_low_for_smooth_maps() -> None:
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    smooth = torch.exp(-((yy - 7) ** 2 + (xx - 9) ** 2) / 20)
+    checker = ((yy + xx) % 2)  # period 2 in feature pixels
+    assert grid_artefact(checker) > 0.99
+    assert grid_artefact(smooth) < 0.01
+    assert grid_artefact(smooth + 0.5 * checker) > 10 * grid_artefact(smooth)
+    assert grid_artefact(torch.ones(8, 8)) == 0  # constant: no power anywhere but the mean
+
+
+def test_grid_analysis_writes_figures_csv_and_summary(tmp_path, random_shapesnet, _isolated_cache) -> None:
+    cfg = compose_config("evaluate", [
+        f"paths.output_dir={tmp_path}", "logger=csv", "analysis=grid", f"weights={random_shapesnet}",
+        "data.num_train=32", "data.num_test=4", "method.estimator_samples=32", "method.steps=2", "method.copies=2",
+        "analysis.layers=[conv2,conv3]", "analysis.betas=[1,1000]", "analysis.num_images=2",
+        "analysis.record_steps=true", "analysis.sigmas=[0,2]"])
+    run_analysis(cfg)
+    df = pd.read_csv(tmp_path / "grid.csv")
+    assert len(df) == 2 * 2 * 2 * 2  # images x layers x sigmas x betas
+    for col in ("prob_with", "prob_without", "total_bits", "mean_bits_per_pixel", "inside_outside_ratio",
+                "mask_ratio", "grid_artefact"):
+        assert df[col].notna().all(), col
+    assert (df["mean_bits_per_pixel"] * 64 * 64 - df["total_bits"]).abs().max() < 1e-3 * df["total_bits"].max()
+    summary = pd.read_csv(tmp_path / "grid_summary.csv")
+    assert list(summary["layer"]) == ["conv2", "conv2", "conv3", "conv3"]
+    assert {p.name for p in (tmp_path / "grid").glob("*.png")} == {
+        "0000_sigma0.png", "0000_sigma2.png", "0001_sigma0.png", "0001_sigma2.png", "steps_conv2.png"}
+
+
+def test_grid_analysis_refuses_other_methods() -> None:
+    cfg = compose_config("evaluate", ["analysis=grid", "method=saliency"])
+    with pytest.raises(ConfigError, match="method must be iba"):
+        run_analysis(cfg)
