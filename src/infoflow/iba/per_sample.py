@@ -33,6 +33,7 @@ from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.autotune import CANDIDATES, choose_chunk
 from infoflow.utils.modules import frozen
 from infoflow.utils.precision import autocast, prepare_network, resolve_precision, to_fp32
 from infoflow.utils.validation import check_batch_size, check_beta, check_count, check_number
@@ -91,7 +92,7 @@ class PerSampleIBA(Attribution):
             >= 0. beta=0 is valid: no information penalty, the mask only keeps the target's probability.
         steps, lr, copies, init_alpha: optimisation settings (reference: 10, 1.0, 10, 5.0).
         sigma: Gaussian smoothing of lam, in feature pixels (reference: 1).
-        batch_size: images fitted at once.
+        batch_size: images fitted at once, or ``"auto"``: chosen by timing (`chunk_size`).
         seed: if set, image i of each call draws its noise from a generator seeded ``seed + i``.
         estimator: fitted feature statistics; else call `fit` first.
         estimator_samples: images used by `fit`; estimator_cache: file to load/save them.
@@ -110,7 +111,7 @@ class PerSampleIBA(Attribution):
         copies: int = 10,
         init_alpha: float = 5.0,
         sigma: float = 1.0,
-        batch_size: int = 8,
+        batch_size: int | str = 8,
         seed: int | None = None,
         estimator: Estimator | None = None,
         estimator_samples: int = 5000,
@@ -176,11 +177,11 @@ class PerSampleIBA(Attribution):
             return IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
         generators = noise_generators(self.seed, inputs.shape[0], inputs.device)
         beta = torch.full((inputs.shape[0],), float(self.beta), device=inputs.device)
+        size = self.chunk_size(inputs, target)
         parts = [
-            self._fit_chunk(inputs[i : i + self.batch_size], target[i : i + self.batch_size],
-                            generators[i : i + self.batch_size] if generators else None,
-                            beta[i : i + self.batch_size])
-            for i in range(0, inputs.shape[0], self.batch_size)
+            self._fit_chunk(inputs[i : i + size], target[i : i + size],
+                            generators[i : i + size] if generators else None, beta[i : i + size])
+            for i in range(0, inputs.shape[0], size)
         ]
         return IBAResult(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
@@ -205,7 +206,7 @@ class PerSampleIBA(Attribution):
             empty = IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
             return IBAResult(*(t.unsqueeze(1).expand(0, nb, *t.shape[1:]) for t in
                                (empty.heatmap, empty.capacity, empty.prob_with, empty.prob_without)))
-        step = max(1, self.batch_size // nb)
+        step = max(1, self.chunk_size(inputs, target) // nb)
         self._recorded: list[torch.Tensor] = []
         beta_row = torch.tensor(betas, dtype=torch.float32, device=inputs.device)
         parts = []
@@ -219,6 +220,27 @@ class PerSampleIBA(Attribution):
         if self.record_steps:  # (N, B, steps, C, h, w) nats: the capacity after each step's update
             self.step_capacity = torch.cat(self._recorded).unflatten(0, (n, nb))
         return IBAResult(*(torch.cat(p).unflatten(0, (n, nb)) for p in zip(*parts, strict=True)))
+
+    def chunk_size(self, inputs: torch.Tensor, target: torch.Tensor) -> int:
+        """Problems (image, beta) fitted at once: `batch_size`, or with ``"auto"`` the fastest of a few
+        candidates, timed once per (model, layer, input size, copies, device, precision, threads) with
+        2 steps on copies of the first image and cached (`infoflow.utils.autotune`). Exact either way."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        key = {"kind": "per_sample", "model": self.model.name, "network": type(self.model.module).__name__,
+               "layer": self.layer, "input": list(inputs.shape[1:]), "copies": self.copies}
+        steps, record = self.steps, self.record_steps
+        beta = torch.full((max(CANDIDATES),), float(self.beta), device=inputs.device)
+
+        def run(c: int) -> None:
+            x = inputs[:1].expand(c, *inputs.shape[1:]).contiguous()
+            self._fit_chunk(x, target[:1].expand(c), noise_generators(0, c, x.device), beta[:c])
+
+        self.steps, self.record_steps = min(steps, 2), False
+        try:
+            return choose_chunk(key, run, inputs.device, self.precision)
+        finally:
+            self.steps, self.record_steps = steps, record
 
     def _fit_chunk(
         self, x: torch.Tensor, target: torch.Tensor, generators: list[torch.Generator] | None,
