@@ -10,6 +10,7 @@ import torch
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
 from infoflow.utils.autotune import choose_chunk
+from infoflow.utils.cache import using_cache_dir
 
 
 def test_the_fastest_per_item_candidate_is_chosen_and_cached(tmp_path) -> None:
@@ -54,3 +55,24 @@ def test_auto_batch_size_leaves_the_maps_unchanged(_isolated_cache) -> None:
     assert torch.allclose(auto, fixed, atol=1e-4 * float(fixed.max()))
     grid = iba.explain_grid(x, target, [10.0]).heatmap[:, 0]
     assert torch.allclose(grid, fixed, atol=1e-4 * float(fixed.max()))
+
+
+def test_auto_perturbation_batches_give_the_same_values(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("INFOFLOW_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)).eval()
+    images = torch.randn(3, 3, 8, 8)
+    net(images)
+
+    def build(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return images[i] * (1 + j.float())[:, None, None, None]
+
+    def forward(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return net(batch)
+
+    from infoflow.metrics.perturb import run_perturbations
+    with using_cache_dir(tmp_path):
+        fixed = run_perturbations(forward, build, 3, 20, 7, torch.device("cpu"))
+        auto = run_perturbations(forward, build, 3, 20, "auto", torch.device("cpu"), tune_key={"net": "t"})
+    assert auto.shape == (3, 20, 2) and torch.allclose(auto, fixed, atol=1e-6)
+    assert (tmp_path / "autotune.json").exists()
