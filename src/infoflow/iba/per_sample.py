@@ -96,6 +96,8 @@ class PerSampleIBA(Attribution):
         seed: if set, image i of each call draws its noise from a generator seeded ``seed + i``.
         estimator: fitted feature statistics; else call `fit` first.
         estimator_samples: images used by `fit`; estimator_cache: file to load/save them.
+        fold_fp32: in fp32, run the fit on the prepared copy too (batch norms folded, channels-last;
+            `prepare_network`): equal to the unprepared network up to rounding.
     """
 
     unit = "bits/pixel"
@@ -118,6 +120,7 @@ class PerSampleIBA(Attribution):
         estimator_cache: str | Path | None = None,
         use_fx: bool = True,
         precision: str | int = 32,
+        fold_fp32: bool = False,
     ) -> None:
         beta, steps, copies = check_beta(beta), check_count(steps, "steps"), check_count(copies, "copies")
         lr, sigma = check_number(lr, "lr", strict=True), check_number(sigma, "sigma")
@@ -130,8 +133,9 @@ class PerSampleIBA(Attribution):
         self.split = SplitModel(model.module, self.layer, use_fx=use_fx)
         self.precision = resolve_precision(precision, self.device)
         #: the network the fit runs: `split` in fp32, else a prepared copy (module docstring)
-        self.fast = self.split if self.precision == "32" else SplitModel(
-            prepare_network(model.module, self.precision, torch.zeros(1, *model.input_size, device=self.device)),
+        self.fast = self.split if self.precision == "32" and not fold_fp32 else SplitModel(
+            prepare_network(model.module, self.precision, torch.zeros(1, *model.input_size, device=self.device),
+                            fold_fp32=fold_fp32),
             self.layer, use_fx=use_fx)
         self.bottleneck: Bottleneck | None = None
         #: set True to keep, in `explain_grid`, the capacity map of every step as `step_capacity`
@@ -264,7 +268,8 @@ class PerSampleIBA(Attribution):
             alpha = torch.full_like(feature, self.init_alpha, requires_grad=True)
             optimizer = torch.optim.Adam([alpha], lr=self.lr)
             steps: list[torch.Tensor] = []
-            memory_format = torch.channels_last if self.precision != "32" and feature.dim() == 4 else torch.preserve_format
+            prepared = self.fast is not self.split
+            memory_format = torch.channels_last if prepared and feature.dim() == 4 else torch.preserve_format
             for _ in range(self.steps):
                 optimizer.zero_grad()
                 lam = self.bottleneck.lam(alpha)
