@@ -165,6 +165,11 @@ def main() -> None:
         method = make(precision)
         method.set_estimator(est)
         variants.append((f"infoflow {method.precision}" + (" (folded BN, channels-last)" if method.precision != "32" else ""), method))
+        if method.precision == "32":
+            folded = PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps,
+                                  copies=args.copies, fold_fp32=True)
+            folded.set_estimator(est)
+            variants.append(("infoflow 32 (folded BN, channels-last)", folded))
         if args.compile:
             compiled = make(precision)
             compiled.set_estimator(est)
