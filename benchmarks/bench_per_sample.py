@@ -17,7 +17,12 @@ tail.
 
     python benchmarks/bench_per_sample.py [--model vgg16 --layer conv4_1] [--images 4] [--naive-images 2]
         [--steps 10 --copies 10] [--precisions 32 bf16] [--device cuda] [--repeats 2] [--compile]
-        [--data shapes --weights default --image-size 128]
+        [--data shapes --weights default --image-size 128] [--batch-sizes auto 1 2 4 8]
+
+It also measures the machine's floor: the FLOP/s of a channels-last 3x3 convolution 256 -> 256, 28x28,
+batch 32 in each precision, and the FLOPs of one heatmap (`FlopCounterMode`), and prints the measured
+time per heatmap as a multiple of FLOPs / throughput; then the fp32 path at ``batch_size=auto`` against
+each fixed batch size.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from infoflow.data.shapes import ShapesDataModule, render_split
 from infoflow.iba.estimator import Estimator
@@ -36,6 +42,7 @@ from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.reference import naive_per_sample
 from infoflow.models import get_model
 from infoflow.models.vit import TokenViT
+from infoflow.utils.precision import resolve_precision
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -60,6 +67,27 @@ def fidelity(maps: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float((a - b).abs().max()), corr
 
 
+def conv_throughput(precision: str, device: torch.device, repeats: int, size: int = 28, batch: int = 32) -> float:
+    """FLOP/s of a channels-last 3x3 convolution 256 -> 256 channels, `size`x`size`, `batch` images (the
+    machine's arithmetic floor for conv networks) in `precision` (a resolved precision)."""
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 256, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "16-mixed" else torch.float32
+    conv, x = conv.to(dtype), x.to(dtype)
+    with torch.no_grad():
+        conv(x)
+        seconds, _ = best_time(lambda: conv(x), max(repeats, 3), device)
+    return 2 * batch * 256 * 256 * 9 * size * size / seconds
+
+
+def fit_flops(method: PerSampleIBA, images: torch.Tensor, targets: torch.Tensor) -> float:
+    """FLOPs of one Per-Sample heatmap (head, every step's tail forward and input backward), counted by
+    `torch.utils.flop_counter.FlopCounterMode` on one image."""
+    with FlopCounterMode(display=False) as counter:
+        method.attribute(images[:1], targets[:1])
+    return float(counter.get_total_flops())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
@@ -79,6 +107,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the tail")
+    parser.add_argument("--batch-sizes", nargs="*", default=["auto", "1", "2", "4", "8"],
+                        help="fp32 fast path at each of these batch sizes (auto: chosen by timing, cached)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -135,6 +165,11 @@ def main() -> None:
         method = make(precision)
         method.set_estimator(est)
         variants.append((f"infoflow {method.precision}" + (" (folded BN, channels-last)" if method.precision != "32" else ""), method))
+        if method.precision == "32":
+            folded = PerSampleIBA(model, args.layer, seed=0, batch_size=args.batch_size, steps=args.steps,
+                                  copies=args.copies, fold_fp32=True)
+            folded.set_estimator(est)
+            variants.append(("infoflow 32 (folded BN, channels-last)", folded))
         if args.compile:
             compiled = make(precision)
             compiled.set_estimator(est)
@@ -154,8 +189,29 @@ def main() -> None:
             bits = maps.sum((1, 2)) / fp32_fast.sum((1, 2)) - 1
             extra = f"; vs infoflow fp32: total bits {float(bits.abs().max()):.2%}, " \
                     f"Pearson {fidelity(maps, fp32_fast)[1]:.5f}"
+        floor = fit_flops(method, images, targets) / conv_throughput(method.precision, device, args.repeats)
         print(f"{label:64s} {rate:8.3f} heatmaps/s  speedup {rate / naive_rate:5.2f}x  "
               f"max abs diff {diff:.3g} bits/px, min Pearson {corr:.5f}{extra}")
+        print(f"{'':64s} floor {floor:.3f} s/heatmap (FLOPs / conv throughput), "
+              f"measured {1 / rate:.3f} s: {1 / (rate * floor):.2f}x the floor")
+    for precision in args.precisions:
+        print(f"conv 3x3 256->256 28x28 batch 32 channels-last, {precision}: "
+              f"{conv_throughput(resolve_precision(precision, device), device, args.repeats) / 1e9:.1f} GFLOP/s")
+    times = {}
+    for bs in args.batch_sizes:
+        method = PerSampleIBA(model, args.layer, seed=0, batch_size=bs if bs == "auto" else int(bs), steps=args.steps,
+                              copies=args.copies)
+        method.set_estimator(est)
+        if bs == "auto":
+            method.chunk_size(images[: args.images], targets[: args.images])  # measure (or load) outside the timing
+        times[bs], _ = best_time(lambda m=method: m.attribute(images[: args.images], targets[: args.images]),
+                                 args.repeats, device)
+    if times:
+        fixed = {k: v for k, v in times.items() if k != "auto"}
+        best_fixed = min(fixed, key=fixed.__getitem__) if fixed else None
+        for bs, t in times.items():
+            print(f"fp32 batch_size={bs:>4s}: {t / args.images:.3f} s/heatmap"
+                  + (f"  ({t / fixed[best_fixed]:.3f}x the best fixed, batch_size={best_fixed})" if best_fixed else ""))
     print(f"(max heatmap value of the reference: {float(ref.abs().max()):.3g} bits/px)")
 
 

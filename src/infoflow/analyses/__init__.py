@@ -29,4 +29,4 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
         return analysis(cfg)
 
 
-from infoflow.analyses import coherency, heatmaps, layerwise, table1  # noqa: E402,F401
+from infoflow.analyses import coherency, grid, heatmaps, layerwise, table1  # noqa: E402,F401

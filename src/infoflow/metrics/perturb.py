@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.autotune import choose_chunk
 from infoflow.utils.precision import autocast, fp32_linear, prepare_network
+
+#: images per pass that ``batch_size="auto"`` times
+PERTURB_CANDIDATES = (16, 32, 64, 128, 256)
 
 #: a classifier mapping normalised images (N, C, H, W) to logits (N, num_classes)
 Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor] | ZooModel
@@ -75,11 +80,16 @@ def run_perturbations(
     build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     num_images: int,
     per_image: int,
-    batch_size: int,
+    batch_size: int | str,
     device: torch.device,
     precision: str = "32",
+    tune_key: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Evaluate all `num_images * per_image` perturbed images in batches of at most `batch_size`.
+
+    ``batch_size="auto"``: the fastest of `PERTURB_CANDIDATES` images per pass, timed once on the first
+    pairs per (`tune_key`, image shape, device, precision, threads) and cached (`infoflow.utils.autotune`);
+    the values do not depend on it.
 
     Pairs (image i, perturbation j) are enumerated image-major. `build(i, j)` returns the perturbed images
     (B, C, H, W) for index tensors i, j (B,); `forward(batch, i)` returns one value row (B, ...) per image.
@@ -87,14 +97,27 @@ def run_perturbations(
     (num_images, per_image, ...).
     """
     total = num_images * per_image
-    out = []
-    for start in range(0, total, batch_size):
-        pair = torch.arange(start, min(start + batch_size, total), device=device)
+
+    def chunk(start: int, size: int) -> torch.Tensor:
+        pair = torch.arange(start, min(start + size, total), device=device)
         image, step = pair // per_image, pair % per_image
         batch = build(image, step)
         if batch.dim() == 4:  # convolutions run faster on channels-last inputs (same values)
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
-            out.append(forward(batch, image))
+            return forward(batch, image)
+
+    if batch_size == "auto":
+        if total == 0:
+            batch_size = 1
+        else:
+            shape = list(build(torch.zeros(1, dtype=torch.long, device=device),
+                               torch.zeros(1, dtype=torch.long, device=device)).shape[1:])
+            key = {"kind": "perturbations", **(tune_key or {}), "shape": shape}
+            batch_size = choose_chunk(key, lambda c: chunk(0, c), device, precision,
+                                      [c for c in PERTURB_CANDIDATES if c <= max(total, PERTURB_CANDIDATES[0])])
+    assert isinstance(batch_size, int)
+    out = [chunk(start, batch_size) for start in range(0, total, batch_size)]
     values = torch.cat(out)
     return values.view(num_images, per_image, *values.shape[1:])
+

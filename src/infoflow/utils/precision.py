@@ -151,19 +151,20 @@ def lightning_precision(value: object, accelerator: str | None = "cpu") -> str:
 
 
 def prepare_network(module: nn.Module, precision: str, example: torch.Tensor,
-                    fp32_modules: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+                    fp32_modules: tuple[type[nn.Module], ...] = (), fold_fp32: bool = False) -> nn.Module:
     """A frozen copy of `module` for passes in `precision` (resolved): batch norms folded, weights in the
     reduced dtype, channels-last; `module` itself unchanged. Run it under `autocast` (which casts its fp32
-    inputs). For ``32`` the module itself is returned (exact fp32 results).
+    inputs). For ``32`` the module itself is returned (exact fp32 results), unless `fold_fp32`: then an
+    fp32 copy with batch norms folded and channels-last (equal to rounding, fewer passes over memory).
 
     `example`: a probe input (1, C, H, W) on the module's device. The copy does not follow later changes
     of `module`'s weights. Normalisation layers (LayerNorm, GroupNorm: autocast runs them in fp32, which
     needs fp32 parameters) and modules of the types `fp32_modules` (the metrics' logit head) keep fp32 weights.
     """
-    if precision == "32":
+    if precision == "32" and not fold_fp32:
         return module
     net = fold_batchnorm(module, example).requires_grad_(False)
-    net = net.to(dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    net = net.to(dtype=_DTYPES.get(precision, torch.float32), memory_format=torch.channels_last)
     for m in net.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, *fp32_modules)):
             m.float()

@@ -1,0 +1,87 @@
+"""Chunk sizes chosen by measurement: time a few candidates once per setting, cache the fastest.
+
+Where infoflow splits independent work into chunks of a fixed number of items (Per-Sample fits, metric
+perturbations), the fastest chunk size depends on the machine, the network, the input size and the
+precision, and batching may be slower than one item at a time (cache pressure on CPUs). `choose_chunk`
+times ``run(c)`` for each candidate c (seconds per item, best of `repeats`), picks the fastest, reports it
+and stores it in ``<cache dir>/autotune.json`` (atomic write) under a digest of the key plus the device,
+the precision and the thread count, so the measurement runs once per setting. Batching is exact, so the
+choice changes the speed only, never the results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infoflow.utils.cache import cache_dir, digest
+from infoflow.utils.checkpoint import atomic_write
+
+CANDIDATES = (1, 2, 4, 8, 16)
+FILE = "autotune.json"
+
+
+def full_key(key: Mapping[str, Any], device: torch.device | str, precision: str) -> dict[str, Any]:
+    """`key` with the device, precision and thread count that the timing depends on."""
+    return {**key, "device": str(device), "precision": str(precision), "threads": torch.get_num_threads()}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def choose_chunk(
+    key: Mapping[str, Any],
+    run: Callable[[int], Any],
+    device: torch.device | str = "cpu",
+    precision: str = "32",
+    candidates: Sequence[int] = CANDIDATES,
+    repeats: int = 1,
+    path: str | Path | None = None,
+    report: Callable[[str], None] = print,
+) -> int:
+    """The chunk size among `candidates` with the least time per item for ``run(c)`` (c items per call).
+
+    Cached in `path` (default ``<cache dir>/autotune.json``) under the digest of ``full_key(key, ...)``;
+    a cached choice is returned without timing. Each candidate runs once untimed (warm-up), then
+    `repeats` timed calls.
+    """
+    path = Path(path) if path is not None else cache_dir() / FILE
+    entry = full_key(key, device, precision)
+    name = digest(entry)
+    cached = _load(path).get(name)
+    if isinstance(cached, dict) and isinstance(cached.get("chunk"), int):
+        return int(cached["chunk"])
+    per_item: dict[int, float] = {}
+    for c in candidates:
+        run(c)  # warm-up: allocator, kernels' first use
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            run(c)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        per_item[c] = best / c
+    chunk = min(per_item, key=per_item.__getitem__)
+    data = _load(path)  # re-read: another process may have added entries meanwhile
+    data[name] = {"chunk": chunk, "key": {k: str(v) for k, v in entry.items()},
+                  "seconds_per_item": {str(c): t for c, t in per_item.items()}}
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
+    report(f"autotune {dict(key)}: chunk size {chunk} (s per item: "
+           + ", ".join(f"{c}: {t:.3g}" for c, t in per_item.items()) + f"), cached in {path}")
+    return chunk

@@ -1,0 +1,78 @@
+"""Chunk sizes chosen by measurement: the fastest candidate is chosen and cached; results are unchanged."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.models import get_model
+from infoflow.utils.autotune import choose_chunk
+from infoflow.utils.cache import using_cache_dir
+
+
+def test_the_fastest_per_item_candidate_is_chosen_and_cached(tmp_path) -> None:
+    calls: list[int] = []
+
+    def run(c: int) -> None:  # fixed cost per call, so per item the largest chunk wins ... except 8, made slow
+        calls.append(c)
+        time.sleep(0.002 + (0.05 if c == 8 else 0.0))
+
+    path = tmp_path / "autotune.json"
+    messages: list[str] = []
+    assert choose_chunk({"kind": "t"}, run, candidates=(1, 4, 8), path=path, report=messages.append) == 4
+    assert sorted(set(calls)) == [1, 4, 8] and "chunk size 4" in messages[0]
+    entry = next(iter(json.loads(path.read_text()).values()))
+    assert entry["chunk"] == 4 and entry["key"]["threads"] == str(torch.get_num_threads())
+    calls.clear()
+    assert choose_chunk({"kind": "t"}, run, candidates=(1, 4, 8), path=path) == 4 and calls == []  # cached
+    # another key (or thread count) is measured again
+    assert choose_chunk({"kind": "u"}, run, candidates=(1, 2), path=path, report=messages.append) == 2
+    assert len(json.loads(path.read_text())) == 2
+
+
+def test_a_corrupt_cache_file_is_measured_again(tmp_path) -> None:
+    path = tmp_path / "autotune.json"
+    path.write_text("{not json")
+    assert choose_chunk({"kind": "t"}, lambda c: None, candidates=(3,), path=path, report=lambda m: None) == 3
+    assert next(iter(json.loads(path.read_text()).values()))["chunk"] == 3
+
+
+def test_auto_batch_size_leaves_the_maps_unchanged(_isolated_cache) -> None:
+    torch.manual_seed(0)
+    model = get_model("shapesnet")
+    images = torch.randn(24, *model.input_size)
+    iba = PerSampleIBA(model, "conv3", seed=5, steps=3, copies=2, batch_size=1)
+    iba.fit([{"image": images[i : i + 12]} for i in range(0, 24, 12)])
+    x, target = images[:5], torch.tensor([0, 1, 2, 3, 0])
+    fixed = iba.explain(x, target).heatmap
+    iba.batch_size = "auto"
+    chunk = iba.chunk_size(x, target)
+    assert chunk in (1, 2, 4, 8, 16) and (_isolated_cache / "autotune.json").exists()
+    auto = iba.explain(x, target).heatmap
+    assert torch.allclose(auto, fixed, atol=1e-4 * float(fixed.max()))
+    grid = iba.explain_grid(x, target, [10.0]).heatmap[:, 0]
+    assert torch.allclose(grid, fixed, atol=1e-4 * float(fixed.max()))
+
+
+def test_auto_perturbation_batches_give_the_same_values(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("INFOFLOW_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)).eval()
+    images = torch.randn(3, 3, 8, 8)
+    net(images)
+
+    def build(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return images[i] * (1 + j.float())[:, None, None, None]
+
+    def forward(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return net(batch)
+
+    from infoflow.metrics.perturb import run_perturbations
+    with using_cache_dir(tmp_path):
+        fixed = run_perturbations(forward, build, 3, 20, 7, torch.device("cpu"))
+        auto = run_perturbations(forward, build, 3, 20, "auto", torch.device("cpu"), tune_key={"net": "t"})
+    assert auto.shape == (3, 20, 2) and torch.allclose(auto, fixed, atol=1e-6)
+    assert (tmp_path / "autotune.json").exists()

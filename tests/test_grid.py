@@ -1,0 +1,102 @@
+"""analysis=grid and the batched grid fit: every (image, beta) at one layer in one pass equals fitting each beta alone."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import compose_config
+
+from infoflow.analyses import run_analysis
+from infoflow.analyses.grid import grid_artefact
+from infoflow.errors import ConfigError
+from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.models import get_model
+
+
+def _fitted(layer: str = "conv3", **kwargs) -> tuple[PerSampleIBA, torch.Tensor]:
+    torch.manual_seed(0)
+    model = get_model("shapesnet")
+    images = torch.randn(32, *model.input_size)
+    iba = PerSampleIBA(model, layer, seed=3, steps=4, copies=3, **kwargs)
+    iba.fit([{"image": images[i : i + 16]} for i in range(0, 32, 16)])
+    return iba, images[:3]
+
+
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_grid_equals_one_fit_per_beta(batch_size: int) -> None:
+    iba, x = _fitted(batch_size=batch_size)
+    target = torch.tensor([0, 2, 1])
+    betas = [0.1, 10.0, 1000.0]
+    grid = iba.explain_grid(x, target, betas)
+    assert grid.heatmap.shape == (3, 3, 64, 64) and grid.prob_with.shape == (3, 3)
+    for b, beta in enumerate(betas):
+        iba.beta = beta
+        single = iba.explain(x, target)  # image i draws seed 3 + i, as element (i, b) of the grid
+        scale = float(single.heatmap.max())
+        assert torch.allclose(grid.heatmap[:, b], single.heatmap, atol=1e-4 * scale), beta
+        assert torch.allclose(grid.prob_with[:, b], single.prob_with, atol=1e-5)
+        assert torch.allclose(grid.prob_without[:, b], single.prob_without, atol=1e-6)
+    # the betas really differ: more penalty, less information
+    totals = grid.total_bits
+    assert (totals[:, 0] > totals[:, 2]).all()
+
+
+def test_grid_without_betas_is_an_error() -> None:
+    iba, x = _fitted()
+    with pytest.raises(ValueError, match="beta"):
+        iba.explain_grid(x, 0, [])
+
+
+def test_grid_artefact_is_high_for_a_planted_grid_and_low_for_smooth_maps() -> None:
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    smooth = torch.exp(-((yy - 7) ** 2 + (xx - 9) ** 2) / 20)
+    checker = ((yy + xx) % 2)  # period 2 in feature pixels
+    assert grid_artefact(checker) > 0.99
+    assert grid_artefact(smooth) < 0.01
+    assert grid_artefact(smooth + 0.5 * checker) > 10 * grid_artefact(smooth)
+    assert grid_artefact(torch.ones(8, 8)) == 0  # constant: no power anywhere but the mean
+
+
+def test_grid_analysis_writes_figures_csv_and_summary(tmp_path, random_shapesnet, _isolated_cache) -> None:
+    cfg = compose_config("evaluate", [
+        f"paths.output_dir={tmp_path}", "logger=csv", "analysis=grid", f"weights={random_shapesnet}",
+        "data.num_train=32", "data.num_test=4", "method.estimator_samples=32", "method.steps=2", "method.copies=2",
+        "analysis.layers=[conv2,conv3]", "analysis.betas=[1,1000]", "analysis.num_images=2",
+        "analysis.record_steps=true", "analysis.sigmas=[0,2]"])
+    run_analysis(cfg)
+    df = pd.read_csv(tmp_path / "grid.csv")
+    assert len(df) == 2 * 2 * 2 * 2  # images x layers x sigmas x betas
+    for col in ("prob_with", "prob_without", "total_bits", "mean_bits_per_pixel", "inside_outside_ratio",
+                "mask_ratio", "grid_artefact"):
+        assert df[col].notna().all(), col
+    assert (df["mean_bits_per_pixel"] * 64 * 64 - df["total_bits"]).abs().max() < 1e-3 * df["total_bits"].max()
+    summary = pd.read_csv(tmp_path / "grid_summary.csv")
+    assert list(summary["layer"]) == ["conv2", "conv2", "conv3", "conv3"]
+    assert {p.name for p in (tmp_path / "grid").glob("*.png")} == {
+        "0000_sigma0.png", "0000_sigma2.png", "0001_sigma0.png", "0001_sigma2.png", "steps_conv2.png"}
+
+
+def test_grid_analysis_refuses_other_methods() -> None:
+    cfg = compose_config("evaluate", ["analysis=grid", "method=saliency"])
+    with pytest.raises(ConfigError, match="method must be iba"):
+        run_analysis(cfg)
+
+
+def test_folded_fp32_path_equals_the_plain_fp32_fit_to_rounding() -> None:
+    torch.manual_seed(0)
+    model = get_model("shapesnet")
+    images = torch.randn(32, *model.input_size)
+    for m in model.module.modules():  # non-trivial batch-norm statistics, so folding changes the arithmetic
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    plain = PerSampleIBA(model, "conv3", seed=1, steps=3, copies=2, batch_size=4)
+    plain.fit([{"image": images[i : i + 16]} for i in range(0, 32, 16)])
+    folded = PerSampleIBA(model, "conv3", seed=1, steps=3, copies=2, batch_size=4, fold_fp32=True)
+    folded.bottleneck = plain.bottleneck
+    assert folded.fast is not folded.split
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.fast.model.modules())
+    target = torch.tensor([0, 1, 2])
+    a, b = plain.explain(images[:3], target).heatmap, folded.explain(images[:3], target).heatmap
+    assert torch.allclose(a, b, atol=1e-3 * float(a.max()), rtol=1e-3)
