@@ -24,7 +24,7 @@ from infoflow.utils.plugins import name_plugins
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = ["epochs", "compression", "distillation", "damage", "autoencoder"]
-STUDY_CONFIGS = [f"{s}{v}" for s in STUDIES for v in ("", "_shapes")]
+STUDY_CONFIGS = [f"{s}{v}" for s in STUDIES for v in ("", "_shapes")] + ["null_shapes"]
 
 
 def _stages(tmp_path: Path, names: list[str], fail_at: str | None, calls: list[str]):
@@ -161,8 +161,19 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
                     assert set(cfg.analysis.layers or []) <= set(layers), (e.model, list(layers))
             elif study.task.stages[name].kind == "train":
                 assert cfg.task.name in TASKS
+            if study.task.get("seeds"):  # each replicate seed in its own directory, reading its own arms
+                seeded_cfg = stage_config(study, name, 1)
+                assert seeded_cfg.paths.output_dir == str(tmp_path / name / "seed_1")
+                assert seeded_cfg.seed == 1 + int(study.task.stages[name].get("seed_offset") or 0)
+                for e in (seeded_cfg.analysis.compare if study.task.stages[name].kind == "evaluate" else []):
+                    assert e.weights == "default" or "/seed_1/" in e.weights
             if not experiment.endswith("_shapes"):
                 assert cfg.data.root == "/data/cifar10" and cfg.trainer.accelerator == "gpu"
+        if experiment.endswith("_shapes"):  # the protocol: 3 seeds, gated, at least 16 images per arm and seed
+            assert list(study.task.seeds) == [0, 1, 2] and study.task.min_accuracy == 0.95
+            for spec in study.task.stages.values():
+                if spec.kind == "evaluate":
+                    assert spec.overrides["analysis.num_images"] >= 16
         for m in study.task.models:  # the compared networks exist and are built from the stages' outputs
             assert m.stage is None or m.stage in study.task.stages
             assert m.model in MODELS

@@ -104,6 +104,12 @@ def seeded(value: Any, study: DictConfig, seed: int | None) -> Any:
     return value
 
 
+def run_seed(study: DictConfig, spec: DictConfig, seed: int | None) -> int:
+    """The global seed a stage runs with: replicate `seed` (or the study's ``seed``) plus the stage's
+    ``seed_offset`` (default 0: arms share their replicate seeds; the null study's second arm differs)."""
+    return int(study.seed if seed is None else seed) + int(spec.get("seed_offset") or 0)
+
+
 def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictConfig:
     """The composed config of stage `name` for replicate `seed` (None: the study's own seed, in the stage's
     directory); needs an initialised Hydra, as inside ``train.py``."""
@@ -126,7 +132,7 @@ def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictC
     out = stage_dir(study, name, seed)
     try:
         cfg = compose(primary, overrides=[*plain, f"paths.output_dir={_override_value(str(out))}",
-                                          f"seed={study.seed if seed is None else seed}"], return_hydra_config=True)
+                                          f"seed={run_seed(study, spec, seed)}"], return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
         raise ConfigError(f"stage {name} of the study does not compose: {err}") from err
     name_plugins(cfg, cfg.hydra.runtime.choices)  # as the entry points do: plug-ins named by their choice

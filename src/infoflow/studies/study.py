@@ -70,16 +70,31 @@ def gate(cfg: DictConfig, records: dict[str, dict[str, Any]]) -> None:
     if floor is None:
         return
     exempt = set(t.get("ungated") or [])
-    for m in t.models:
-        if not m.get("stage") or m.name in exempt or t.stages[m.stage].kind != "train":
+    arms = [(m.name, m.stage) for m in t.models if m.get("stage") and m.name not in exempt]
+    if (t.get("report") or {}).get("source", "summary") == "callback":  # the epochs study: its training stage
+        arms.append((t.report.layerwise, t.report.layerwise))
+    for name, stage in arms:
+        if t.stages[stage].kind != "train":
             continue
         for seed in study_seeds(cfg):
-            acc = records.get(unit(m.stage, seed), {}).get("metrics", {}).get("test/acc")
+            acc = records.get(unit(stage, seed), {}).get("metrics", {}).get("test/acc")
             if acc is not None and float(acc) < float(floor):
                 raise AccuracyGateError(
-                    f"arm {m.name} (stage {m.stage}, seed {seed}) reached test accuracy {float(acc):.3f} < "
-                    f"task.min_accuracy={float(floor)}: raise task.stages.{m.stage}.overrides.trainer.max_epochs "
+                    f"arm {name} (stage {stage}, seed {seed}) reached test accuracy {float(acc):.3f} < "
+                    f"task.min_accuracy={float(floor)}: raise task.stages.{stage}.overrides.trainer.max_epochs "
                     f"(or data.num_train) and rerun; no SID was computed")
+
+
+def stage_seeds(cfg: DictConfig, name: str) -> list[int | None]:
+    """The seeds stage `name` runs with: its own ``seeds`` (a subset of ``task.seeds``, e.g. the steps check's
+    ``[0]``) or every seed of ``task.seeds``."""
+    seeds = study_seeds(cfg)
+    own = cfg.task.stages[name].get("seeds")
+    if own is None:
+        return seeds
+    if not set(own) <= set(seeds):
+        raise ConfigError(f"task.stages.{name}.seeds={list(own)} must be a subset of task.seeds={seeds}")
+    return list(own)
 
 
 def unit(name: str, seed: int | None) -> str:
@@ -117,6 +132,12 @@ class StudyTask(TrainingTask):
             raise ConfigError(f"task.study={t.study!r}: unknown study; valid: {', '.join(VERDICTS.names())}")
         if not t.stages:
             raise ConfigError("task.stages is empty: a study needs at least one stage")
+        study_seeds(self.cfg)
+        for name in t.stages:
+            stage_seeds(self.cfg, name)
+        if t.report.get("steps_check") and t.report.steps_check.stage not in t.stages:
+            raise ConfigError(f"task.report.steps_check.stage={t.report.steps_check.stage!r} is not one of the "
+                              f"stages: {', '.join(t.stages)}")
         if t.report.layerwise not in t.stages:
             raise ConfigError(f"task.report.layerwise={t.report.layerwise!r} is not one of the stages: {', '.join(t.stages)}")
         source = t.report.get("source", "summary")
@@ -126,11 +147,11 @@ class StudyTask(TrainingTask):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
-        seeds = study_seeds(cfg)
         kinds = {n: cfg.task.stages[n].kind for n in cfg.task.stages}
-        train = [unit(n, s) for n in cfg.task.stages if kinds[n] == "train" for s in seeds]
-        rest = [unit(n, s) for n in cfg.task.stages if kinds[n] != "train" for s in seeds]
-        split = {unit(n, s): (n, s) for n in cfg.task.stages for s in seeds}
+        runs = {n: stage_seeds(cfg, n) for n in cfg.task.stages}
+        train = [unit(n, s) for n in cfg.task.stages if kinds[n] == "train" for s in runs[n]]
+        rest = [unit(n, s) for n in cfg.task.stages if kinds[n] != "train" for s in runs[n]]
+        split = {unit(n, s): (n, s) for n in cfg.task.stages for s in runs[n]}
 
         def runner(key: str, c: DictConfig) -> dict[str, Any] | None:
             name, seed = split[key]
@@ -198,7 +219,8 @@ class StudyTask(TrainingTask):
         notes = list(t.report.get("notes") or [])
         steps = t.report.get("steps_check")
         if steps:
-            notes.append(steps_check(cells, stage_dir(cfg, steps.stage, steps.get("seed")), steps.seed or 0))
+            seed = stage_seeds(cfg, steps.stage)[0]
+            notes.append(steps_check(cells, stage_dir(cfg, steps.stage, seed), 0 if seed is None else seed))
         report = build_report(t.study, out, models, cells, claims, notes, OmegaConf.to_yaml(cfg, resolve=True))
         log_report(build_loggers(cfg), report, t.study)
         print(report.markdown)
