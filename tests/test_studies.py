@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.errors import ConfigError, UserError
@@ -222,3 +222,56 @@ def test_epochs_report_reads_the_layerwise_callback_csv(tmp_path: Path) -> None:
     layers = epoch_layers(csv)
     models = model_table([{"name": f"epoch_{e}"} for e in sid], {}, layers, {}, None)
     assert [v.word for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == ["INCONCLUSIVE"] * 2
+
+
+def _null_study(tmp_path: Path, tiny: bool, min_accuracy: float | None = 0.95):
+    """experiment=null_shapes composed as train.py does, optionally shrunk to seconds (tiny data, 1 epoch,
+    4 images, 5 SID steps, 2 seeds: mechanics only; the full one is the protocol's)."""
+    from infoflow.studies.study import StudyTask
+
+    overrides = ["experiment=null_shapes", f"paths.output_dir={tmp_path}", "logger=csv"]
+    if min_accuracy is None:
+        overrides.append("task.min_accuracy=null")
+    else:
+        overrides.append(f"task.min_accuracy={min_accuracy}")
+    study = compose("train", overrides=overrides, return_hydra_config=True)
+    name_plugins(study, study.hydra.runtime.choices)
+    with open_dict(study):
+        del study["hydra"]  # as train.py sees it
+    if tiny:
+        study.task.seeds = [0, 1]
+        study.task.common = {"data.num_train": 64, "data.num_val": 16, "data.num_test": 32, "data.batch_size": 16,
+                             "callbacks": "none"}
+        for arm in ("arm_a", "arm_b"):
+            study.task.stages[arm].overrides["trainer.max_epochs"] = 1
+        lw = study.task.stages.layerwise.overrides
+        lw["analysis.num_images"], lw["analysis.sid.steps"] = 4, 5
+        lw["analysis.delta_f2.images"], lw["analysis.delta_f2.samples"] = 4, 2
+        lw["analysis.layers"] = ["conv1", "conv4"]
+    return StudyTask(study)
+
+
+def _run_null(tmp_path: Path, tiny: bool) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        if tiny:  # 1 epoch on 64 images cannot pass the gate: the study stops before any SID
+            with pytest.raises(AccuracyGateError, match=r"arm arm_a \(stage arm_a, seed 0\) reached test accuracy"):
+                _null_study(tmp_path, tiny, 0.999).run()
+            assert not (tmp_path / "layerwise").exists() and read_done(tmp_path / "arm_b" / "seed_1")
+        metrics = _null_study(tmp_path, tiny, None if tiny else 0.95).run()
+    assert set(metrics) == {f"{a}/seed_{s}/accuracy" for a in ("arm_a", "arm_b") for s in ((0, 1) if tiny else (0, 1, 2))}
+    text = (tmp_path / "report.md").read_text()
+    verdicts = [line for line in text.splitlines() if line.startswith("- **Fig. 5a")]
+    assert len(verdicts) == 1 and ": INCONCLUSIVE." in verdicts[0], verdicts  # the null study decides nothing
+    for s in (0, 1):  # each arm and seed trained in its own directory, arm_b with its offset seed
+        assert (tmp_path / "arm_b" / f"seed_{s}" / "model.pt").is_file()
+    layers = pd.read_csv(tmp_path / "report_layers.csv")
+    assert (layers.seeds == (2 if tiny else 3)).all() and (layers.images == (4 if tiny else 16)).all()
+
+
+def test_the_null_study_end_to_end_tiny(tmp_path: Path) -> None:
+    _run_null(tmp_path, tiny=True)
+
+
+@pytest.mark.slow
+def test_the_null_study_is_inconclusive_for_every_sid_claim(tmp_path: Path) -> None:
+    _run_null(tmp_path, tiny=False)  # the protocol's budget: about 30 min on 2 idle cores
