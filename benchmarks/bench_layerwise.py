@@ -7,9 +7,9 @@ a CPU: by default 2 Adam steps with 1 noise draw each, 1 evaluation draw and 1 p
 (the real defaults are 300 steps x 4 draws, 64 evaluation draws). delta_f² is estimated once and shared.
 
 Per ``--precisions`` value (fp32 and bf16 by default), the same SID runs with both layer schedules
-(``SIDConfig.schedule``: ``batched``, ``per-layer``; ``auto`` picks by device, see `infoflow.discarding.sid`) and with the deepest
-layer alone, and the ratio (all 13 layers) / (deepest alone) is printed (next to its arithmetic
-floor: the FLOPs alone give ~7.4 for VGG-16, the sum over layers of the network up to each). bf16 lines give the largest |mean log
+(``SIDConfig.schedule``: ``batched``, ``per-layer``; the default is ``batched``, see `infoflow.discarding.sid`) and with the deepest
+layer alone, and the ratio (all 13 layers) / (deepest alone) is printed (its arithmetic floor: the FLOPs alone give
+~7.4 for VGG-16, the sum over layers of the network up to each). bf16 lines give the largest |mean log
 sigma - fp32| over (image, layer) pairs (bound 0.01, i.e. sigma within 1 %, on trained networks).
 
     python benchmarks/bench_layerwise.py [--steps 2] [--images 1] [--size 224] [--device cuda]
@@ -85,10 +85,9 @@ def main() -> None:
         alone = (time.perf_counter() - start) / args.images
         reference = result if reference is None else reference
         shift = float((result.log_sigma - reference.log_sigma).mean((2, 3)).abs().max())
-        auto = SIDConfig(**{**cfg.__dict__, "schedule": "auto"}).chunks([(0, "a"), (0, "b")], device)
-        picked = "per-layer" if len(auto) == 2 else "batched"
+        picked = SIDConfig().schedule
         print(f"{features.precision}: batched {times['batched']:.2f} s/image, per-layer {times['per-layer']:.2f} "
-              f"s/image (auto picks {picked} on {device.type}), {deepest} alone {alone:.2f} s/image; all "
+              f"s/image (the default: {picked}), {deepest} alone {alone:.2f} s/image; all "
               f"{len(layers)} layers / deepest alone: {min(times.values()) / alone:.2f}; "
               f"max |mean log sigma - fp32|: {shift:.4f}")
     print(f"speedup: {loop / batched:.2f}")

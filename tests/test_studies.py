@@ -10,20 +10,21 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.cli.plugins import name_plugins
-from infoflow.errors import ConfigError
+from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table
-from infoflow.studies.stages import read_done, run_stages, stage_config
-from infoflow.studies.verdicts import VERDICTS, spearman
+from infoflow.studies.stages import read_done, run_stages, seeded, stage_config
+from infoflow.studies.study import AccuracyGateError, gate
+from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = ["epochs", "compression", "distillation", "damage", "autoencoder"]
-STUDY_CONFIGS = [f"{s}{v}" for s in STUDIES for v in ("", "_shapes")]
+STUDY_CONFIGS = [f"{s}{v}" for s in STUDIES for v in ("", "_shapes")] + ["null_shapes"]
 
 
 def _stages(tmp_path: Path, names: list[str], fail_at: str | None, calls: list[str]):
@@ -67,51 +68,75 @@ def test_a_changed_stage_runs_again_with_every_stage_after_it(tmp_path: Path) ->
     assert calls == ["b", "c"]
 
 
-def _layers(values: dict[str, list[float]]) -> pd.DataFrame:
-    rows = [{"model": m, "layer_index": i + 1, "layer": f"conv{i + 1}", "sid_per_pixel": v,
-             "ru_per_pixel": np.nan, "concentration": v / 10} for m, vs in values.items() for i, v in enumerate(vs)]
+def _cells(values: dict[str, list[float]], seeds: int = 3, images: int = 16, noise: float = 0.05) -> pd.DataFrame:
+    """Per-image rows: model -> layer means, plus per-seed and per-image normal noise (seeded)."""
+    rng, rows = np.random.default_rng(0), []
+    for m, vs in values.items():
+        for s in range(seeds):
+            off = rng.normal(0, noise)
+            for i in range(images):
+                e = rng.normal(0, noise)
+                rows += [{"model": m, "seed": s, "image": i, "layer_index": j + 1, "layer": f"conv{j + 1}",
+                          "sid_per_pixel": v + off + e, "ru_per_pixel": np.nan, "concentration": (v + off + e) / 10}
+                         for j, v in enumerate(vs)]
     return pd.DataFrame(rows)
 
 
-def test_report_tables_figures_and_computed_verdicts(tmp_path: Path) -> None:
-    layers = _layers({"original": [-1.0, -0.5, 0.0], "pruned_50": [-1.1, -0.6, -0.2], "pruned_90": [-1.3, -0.9, -0.5]})
-    records = {"o": {"metrics": {"test/acc": 0.9, "sparsity": 0.0}}, "p5": {"metrics": {"test/acc": 0.85, "sparsity": 0.5}},
-               "p9": {"metrics": {"test/acc": 0.6, "sparsity": 0.9}}}
-    robust = pd.DataFrame({"model": ["original", "pruned_50", "pruned_90"], "robustness_l2": [0.3, 0.2, 0.1]})
-    models = model_table([{"name": "original", "stage": "o"}, {"name": "pruned_50", "stage": "p5"},
-                          {"name": "pruned_90", "stage": "p9"}], records, layers, {"sparsity": "sparsity"}, robust)
-    assert models.sid_last.tolist() == [0.0, -0.2, -0.5] and models.accuracy.tolist() == [0.9, 0.85, 0.6]
-    report = build_report("compression", tmp_path, models, layers, {})
-    assert [v.reproduced for v in report.verdicts] == [True, True]  # lower SID and SID ~ robustness (rho = 1)
+def test_report_tables_figures_and_interval_verdicts(tmp_path: Path) -> None:
+    cells = _cells({"original": [-1.0, -0.5, 0.0], "pruned_50": [-1.1, -0.6, -0.2], "pruned_90": [-1.3, -0.9, -0.5]})
+    tables = []
+    for s in range(3):
+        records = {"o": {"metrics": {"test/acc": 0.99, "sparsity": 0.0}},
+                   "p5": {"metrics": {"test/acc": 0.98, "sparsity": 0.5}},
+                   "p9": {"metrics": {"test/acc": 0.6 + s / 100, "sparsity": 0.9}}}
+        robust = pd.DataFrame({"model": ["original", "pruned_50", "pruned_90"], "robustness_l2": [0.3, 0.2, 0.1],
+                               "attack_success": [1.0, 1.0, 1.0]})
+        means = cells[cells.seed == s].groupby(["model", "layer_index", "layer"], as_index=False).mean(numeric_only=True)
+        tables.append(model_table([{"name": "original", "stage": "o"}, {"name": "pruned_50", "stage": "p5"},
+                                   {"name": "pruned_90", "stage": "p9"}], records, means, {"sparsity": "sparsity"},
+                                  robust).assign(seed=s))
+    models = pd.concat(tables, ignore_index=True)
+    report = build_report("compression", tmp_path, models, cells, {"margin": {"value": 0.5, "unit": "nats/pixel"}})
+    words = {v.claim: v.word for v in report.verdicts}
+    assert words["Fig. 4b: compression lowers SID (pruned_90 - original, mean conv-layer SID)"] == "REPRODUCED"
+    assert words["Fig. 4b: compression leaves ru unchanged (pruned_50 - original)"] == "INCONCLUSIVE"  # not measured
+    assert words["Fig. 4b: compression leaves concentration unchanged (pruned_50 - original)"] == "REPRODUCED"
+    assert report.verdicts[-1].word == "REPRODUCED"  # rho = 1 on every seed
     wide = pd.read_csv(tmp_path / "report.csv")
-    assert wide.loc[wide.model == "pruned_90", "SID conv2"].item() == pytest.approx(-0.9)
+    row = wide[wide.model == "pruned_90"].iloc[0]
+    assert row["SID conv2"] == pytest.approx(cells[(cells.model == "pruned_90") & (cells.layer == "conv2")]
+                                             .sid_per_pixel.mean())
+    assert row.accuracy_min == pytest.approx(0.6) and row.seeds == 3
+    layers = pd.read_csv(tmp_path / "report_layers.csv")
+    assert (layers.sid_per_pixel_low < layers.sid_per_pixel).all() and (layers.sid_per_pixel < layers.sid_per_pixel_high).all()
+    assert {"sid_per_pixel_seed_sd", "sid_per_pixel_image_se"} <= set(layers) and (layers.images == 16).all()
     assert "RU conv1" not in wide and "conc conv3" in wide  # RU never measured: no columns
     assert {p.name for p in report.figures} == {"report_sid.png", "report_concentration.png"}
     text = (tmp_path / "report.md").read_text()
-    assert "REPRODUCED" in text and "| pruned_50 |" in text
-    # the same numbers reversed: the verdicts follow them
-    flipped = _layers({"original": [-1.3, -0.9, -0.5], "pruned_50": [-1.1, -0.6, -0.2], "pruned_90": [-1.0, -0.5, 0.0]})
-    models2 = model_table([{"name": n} for n in ("original", "pruned_50", "pruned_90")], {}, flipped, {}, robust)
-    assert [v.reproduced for v in build_report("compression", tmp_path, models2, flipped, {}).verdicts] == [False, False]
+    assert "REPRODUCED" in text and "| pruned_50 |" in text and "interval [" in text
 
 
-def test_verdicts_of_the_other_studies_follow_the_numbers() -> None:
-    def decide(study: str, values: dict[str, list[float]], claims: dict) -> bool | None:
-        models = pd.DataFrame({"model": list(values)})
-        return VERDICTS.get(study)(_layers(values), models, claims)[0].reproduced
+def test_seeded_paths_point_into_each_seeds_stage_directory(tmp_path: Path) -> None:
+    study = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "task": {"stages": {"a": {}, "ab": {}}}})
+    value = {"w": [f"{tmp_path}/a/model.pt", f"{tmp_path}/ab/model.pt", "default", f"{tmp_path}/a/seed_3/x"]}
+    assert seeded(value, study, 2) == {"w": [f"{tmp_path}/a/seed_2/model.pt", f"{tmp_path}/ab/seed_2/model.pt",
+                                             "default", f"{tmp_path}/a/seed_3/x"]}
+    assert seeded(value, study, None) == value
 
-    kd = {"scratch": "s", "distilled": "d"}
-    assert decide("distillation", {"s": [0.0, 0.0], "d": [-0.1, -0.2]}, kd) is True
-    assert decide("distillation", {"s": [0.0, 0.0], "d": [0.1, -0.05]}, kd) is False
-    dmg = {"original": "o", "revised": "r", "revised_layer": "conv2"}
-    assert decide("damage", {"o": [0.0, 0.0, 0.0], "r": [0.01, 0.5, 0.6]}, dmg) is True
-    assert decide("damage", {"o": [0.0, 0.0, 0.0], "r": [0.5, 0.4, 0.6]}, dmg) is False  # the jump is at conv1
-    ae = {"pairs": [["c", "a"]], "similar_tol": 0.1}
-    assert decide("autoencoder", {"c": [-1.0, -2.0], "a": [-1.02, -2.05]}, ae) is True
-    assert decide("autoencoder", {"c": [-1.0, -2.0], "a": [-0.5, -1.0]}, ae) is False
-    assert decide("epochs", {"e0": [0, 1.0], "e1": [0, 0.2], "e2": [0, 0.5]}, {}) is True  # falls, then rises
-    assert decide("epochs", {"e0": [0, 1.0], "e1": [0, 0.5], "e2": [0, 0.2]}, {}) is False
-    assert spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+
+def test_the_accuracy_gate_names_the_arm_the_seed_and_the_setting(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "task": {
+        "seeds": [0, 1], "min_accuracy": 0.95, "ungated": ["pruned"],
+        "stages": {"a": {"kind": "train"}, "p": {"kind": "train"}},
+        "models": [{"name": "arm", "stage": "a"}, {"name": "pruned", "stage": "p"}, {"name": "teacher", "stage": None}]}})
+    records = {"a/seed_0": {"metrics": {"test/acc": 0.99}}, "a/seed_1": {"metrics": {"test/acc": 0.9}},
+               "p/seed_0": {"metrics": {"test/acc": 0.3}}, "p/seed_1": {"metrics": {"test/acc": 0.3}}}
+    with pytest.raises(AccuracyGateError, match=r"arm arm \(stage a, seed 1\) reached test accuracy 0.900 < "
+                       r"task.min_accuracy=0.95: raise task.stages.a.overrides.trainer.max_epochs"):
+        gate(cfg, records)
+    assert issubclass(AccuracyGateError, UserError)
+    records["a/seed_1"]["metrics"]["test/acc"] = 0.96
+    gate(cfg, records)  # the pruned arm is reported, not gated
 
 
 @pytest.mark.parametrize("experiment", STUDY_CONFIGS)
@@ -136,8 +161,19 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
                     assert set(cfg.analysis.layers or []) <= set(layers), (e.model, list(layers))
             elif study.task.stages[name].kind == "train":
                 assert cfg.task.name in TASKS
+            if study.task.get("seeds"):  # each replicate seed in its own directory, reading its own arms
+                seeded_cfg = stage_config(study, name, 1)
+                assert seeded_cfg.paths.output_dir == str(tmp_path / name / "seed_1")
+                assert seeded_cfg.seed == 1 + int(study.task.stages[name].get("seed_offset") or 0)
+                for e in (seeded_cfg.analysis.compare if study.task.stages[name].kind == "evaluate" else []):
+                    assert e.weights == "default" or "/seed_1/" in e.weights
             if not experiment.endswith("_shapes"):
                 assert cfg.data.root == "/data/cifar10" and cfg.trainer.accelerator == "gpu"
+        if experiment.endswith("_shapes"):  # the protocol: 3 seeds, gated, at least 16 images per arm and seed
+            assert list(study.task.seeds) == [0, 1, 2] and study.task.min_accuracy == 0.95
+            for spec in study.task.stages.values():
+                if spec.kind == "evaluate":
+                    assert spec.overrides["analysis.num_images"] >= 16
         for m in study.task.models:  # the compared networks exist and are built from the stages' outputs
             assert m.stage is None or m.stage in study.task.stages
             assert m.model in MODELS
@@ -176,12 +212,66 @@ def test_epochs_report_reads_the_layerwise_callback_csv(tmp_path: Path) -> None:
     assert models.sid_last.tolist() == [0.4, 0.1, 0.2, 0.3]
     assert np.isnan(models.accuracy.iloc[0]) and models.accuracy.iloc[-1] == 0.8
     report = build_report("epochs", tmp_path, models, layers, {})
-    assert [v.reproduced for v in report.verdicts] == [True]  # minimum at epoch 1, then rising
-    assert "minimum at epoch_1" in report.verdicts[0].measured
+    # one seed and one value per epoch: no interval, so no decision; the lowest interior epoch is named
+    assert [v.word for v in report.verdicts] == ["INCONCLUSIVE", "INCONCLUSIVE"]
+    assert "the lowest interior epoch is epoch_1" in report.verdicts[1].measured
     assert pd.read_csv(tmp_path / "report.csv").loc[3, "conc conv2"] == pytest.approx(-0.4)
     # only falling: the verdict follows the numbers
     falling = pd.DataFrame(rows).assign(sid_per_pixel=lambda d: -d.epoch.astype(float) - d.layer_index)
     falling.to_csv(csv, index=False)
     layers = epoch_layers(csv)
     models = model_table([{"name": f"epoch_{e}"} for e in sid], {}, layers, {}, None)
-    assert [v.reproduced for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == [False]
+    assert [v.word for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == ["INCONCLUSIVE"] * 2
+
+
+def _null_study(tmp_path: Path, tiny: bool, min_accuracy: float | None = 0.95):
+    """experiment=null_shapes composed as train.py does, optionally shrunk to seconds (tiny data, 1 epoch,
+    4 images, 5 SID steps, 2 seeds: mechanics only; the full one is the protocol's)."""
+    from infoflow.studies.study import StudyTask
+
+    overrides = ["experiment=null_shapes", f"paths.output_dir={tmp_path}", "logger=csv"]
+    if min_accuracy is None:
+        overrides.append("task.min_accuracy=null")
+    else:
+        overrides.append(f"task.min_accuracy={min_accuracy}")
+    study = compose("train", overrides=overrides, return_hydra_config=True)
+    name_plugins(study, study.hydra.runtime.choices)
+    with open_dict(study):
+        del study["hydra"]  # as train.py sees it
+    if tiny:
+        study.task.seeds = [0, 1]
+        study.task.common = {"data.num_train": 64, "data.num_val": 16, "data.num_test": 32, "data.batch_size": 16,
+                             "callbacks": "none"}
+        for arm in ("arm_a", "arm_b"):
+            study.task.stages[arm].overrides["trainer.max_epochs"] = 1
+        lw = study.task.stages.layerwise.overrides
+        lw["analysis.num_images"], lw["analysis.sid.steps"] = 4, 5
+        lw["analysis.delta_f2.images"], lw["analysis.delta_f2.samples"] = 4, 2
+        lw["analysis.layers"] = ["conv1", "conv4"]
+    return StudyTask(study)
+
+
+def _run_null(tmp_path: Path, tiny: bool) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        if tiny:  # 1 epoch on 64 images cannot pass the gate: the study stops before any SID
+            with pytest.raises(AccuracyGateError, match=r"arm arm_a \(stage arm_a, seed 0\) reached test accuracy"):
+                _null_study(tmp_path, tiny, 0.999).run()
+            assert not (tmp_path / "layerwise").exists() and read_done(tmp_path / "arm_b" / "seed_1")
+        metrics = _null_study(tmp_path, tiny, None if tiny else 0.95).run()
+    assert set(metrics) == {f"{a}/seed_{s}/accuracy" for a in ("arm_a", "arm_b") for s in ((0, 1) if tiny else (0, 1, 2))}
+    text = (tmp_path / "report.md").read_text()
+    verdicts = [line for line in text.splitlines() if line.startswith("- **Fig. 5a")]
+    assert len(verdicts) == 1 and ": INCONCLUSIVE." in verdicts[0], verdicts  # the null study decides nothing
+    for s in (0, 1):  # each arm and seed trained in its own directory, arm_b with its offset seed
+        assert (tmp_path / "arm_b" / f"seed_{s}" / "model.pt").is_file()
+    layers = pd.read_csv(tmp_path / "report_layers.csv")
+    assert (layers.seeds == (2 if tiny else 3)).all() and (layers.images == (4 if tiny else 16)).all()
+
+
+def test_the_null_study_end_to_end_tiny(tmp_path: Path) -> None:
+    _run_null(tmp_path, tiny=True)
+
+
+@pytest.mark.slow
+def test_the_null_study_is_inconclusive_for_every_sid_claim(tmp_path: Path) -> None:
+    _run_null(tmp_path, tiny=False)  # the protocol's budget: about 30 min on 2 idle cores

@@ -36,9 +36,11 @@ Decisions (see the SID/RU paper, section 3):
   elements are independent; each element draws its noise from its own generator seeded by (seed, image
   index, layer name), so batching over layers gives the same result as one layer at a time. The schedule
   is `SIDConfig.schedule`: ``batched`` (all layers in one pass per step), ``per-layer`` (one layer at a time,
-  its images batched), or ``auto``: batched on every device, as measured on a 2-core CPU (VGG-16, 13 layers,
+  its images batched); the default is ``batched``, the faster one measured on a 2-core CPU (VGG-16, 13 layers,
   112 px: batched 44 s, per-layer 106 s per image; the per-layer schedule repeats the projection's fixed
-  work per layer). The total work is the sum over layers of the network up to each layer (for VGG-16
+  work per layer). ``max_rows`` (256) bounds the rows of one forward pass: a memory bound, not a measured
+  optimum (the wall time is about 1.2x the row floor, so the chunk size changes little; see
+  benchmarks/bench_sid_rows.py). The total work is the sum over layers of the network up to each layer (for VGG-16
   ~7.4x the FLOPs of conv5_3 alone), so all layers take a few times the deepest layer alone.
 - **Precision.** ``precision`` of `LayerFeatures` (``bf16``: the network's forward and backward under
   autocast). log sigma, lambda, the features' differences ||h(x') - f||² and rho are fp32; rho's statistics
@@ -66,9 +68,7 @@ from infoflow.utils.validation import check_images
 #: entropy of a unit Gaussian, 0.5 * log(2 pi e), nats
 ALPHA = 1.5e-4
 #: valid `SIDConfig.schedule` values
-SCHEDULES = ("auto", "batched", "per-layer")
-#: the schedule ``auto`` picks per device type (measured; see the module docstring)
-AUTO_SCHEDULE = {"cpu": "batched", "cuda": "batched"}
+SCHEDULES = ("batched", "per-layer")
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class SIDConfig:
         projection_iters: rescalings per projection.
         fresh_rounds: re-projections on the union of draws when the fresh check fails.
         max_rows: rows (elements x draws) per forward pass; more elements are optimised in chunks.
-        schedule: ``batched`` (all layers in one pass), ``per-layer`` (one layer at a time, its images
-            batched) or ``auto`` (batched on every device, the faster one measured); results are the same.
+        schedule: ``batched`` (all layers in one pass; the faster one measured) or ``per-layer`` (one layer at
+            a time, its images batched); results are the same.
         seed: noise seed (each element's generator is derived from it, the image index and the layer).
     """
 
@@ -108,7 +108,7 @@ class SIDConfig:
     fresh_rounds: int = 2
     max_rows: int = 256
     seed: int = 0
-    schedule: str = "auto"
+    schedule: str = "batched"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -116,8 +116,7 @@ class SIDConfig:
 
     def chunks(self, elements: Sequence[tuple[int, str]], device: torch.device) -> list[list[tuple[int, str]]]:
         """`elements` (image, layer), sorted by layer, split into the chunks optimised together."""
-        schedule = self.schedule if self.schedule != "auto" else AUTO_SCHEDULE.get(device.type, "batched")
-        groups = [list(elements)] if schedule == "batched" else [list(g) for _, g in groupby(elements, lambda e: e[1])]
+        groups = [list(elements)] if self.schedule == "batched" else [list(g) for _, g in groupby(elements, lambda e: e[1])]
         per = max(1, self.max_rows // self.samples)
         return [g[i : i + per] for g in groups for i in range(0, len(g), per)]
 

@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 
 from infoflow.errors import DataError
-from infoflow.studies.verdicts import VERDICTS, Verdict
+from infoflow.studies.verdicts import VERDICTS, Verdict, arm_values, seed_mean
 from infoflow.utils.checkpoint import atomic_write
 from infoflow.utils.tables import to_markdown_table, write_csv
-from infoflow.viz import plot_curves
 
 #: per-layer quantities: column -> (short name, axis label)
 QUANTITIES = {
@@ -53,7 +52,8 @@ def epoch_layers(path: str | Path) -> pd.DataFrame:
     if table.empty:
         raise DataError(f"{path} has no rows: the layerwise callback evaluated no epoch")
     table.insert(0, "model", [f"epoch_{int(e)}" for e in table.epoch])
-    keep = ["model", "epoch", "layer_index", "layer", *[c for c in QUANTITIES if c in table]]
+    keep = ["model", "epoch", *(["image"] if "image" in table else []), "layer_index", "layer",
+            *[c for c in QUANTITIES if c in table]]
     return table[keep].reset_index(drop=True)
 
 
@@ -76,54 +76,137 @@ def model_table(models: Sequence[Mapping[str, Any]], records: Mapping[str, Mappi
     return table
 
 
+def layer_table(cells: pd.DataFrame, order: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+    """One row per (model, layer): each quantity's mean over seeds and images with its interval (``<q>_low``,
+    ``<q>_high``; `seed_mean`), its seed spread and image spread, and the counts of seeds and images."""
+    rows = []
+    layers = cells.drop_duplicates("layer").sort_values("layer_index")
+    for m in order:
+        for r in layers.itertuples():
+            row: dict[str, Any] = {"model": m, "layer_index": int(r.layer_index), "layer": r.layer}
+            for col, (short, _) in QUANTITIES.items():
+                q = {"SID": "sid", "RU": "ru", "conc": "concentration"}[short]
+                by_seed = arm_values(cells, m, q, [r.layer]) if col in cells else {}
+                e = seed_mean([by_seed[s] for s in sorted(by_seed)], level)
+                row.update({col: e.estimate, f"{col}_low": e.low, f"{col}_high": e.high,
+                            f"{col}_seed_sd": e.seed_spread, f"{col}_image_se": e.image_spread})
+                row.update({"seeds": e.seeds, "images": e.images} if col == "sid_per_pixel" else {})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def wide(models: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """`models` with one column per quantity and layer (``SID conv1``, ...), quantities never measured left out."""
-    out = models.copy()
+    """One row per model (means over seeds; ``accuracy_min``: the lowest seed) with one column per quantity and
+    layer (``SID conv1``, its interval as ``[low, high]``), quantities never measured left out."""
+    numeric = models.drop(columns=["seed"], errors="ignore")
+    groups = numeric.groupby("model", sort=False)
+    out = groups.mean(numeric_only=True).reset_index()
+    if "accuracy" in numeric:
+        out.insert(2, "accuracy_min", out.model.map(groups.accuracy.min()))
+    out.insert(1, "seeds", out.model.map(groups.size()))
     for col, (short, _) in QUANTITIES.items():
         if col not in layers or layers[col].isna().all():
             continue
-        pivot = layers.pivot_table(index="model", columns="layer", values=col, sort=False, dropna=False)
-        order = layers.drop_duplicates("layer").sort_values("layer_index").layer
-        for layer in order:
-            out[f"{short} {layer}"] = out.model.map(pivot[layer]) if layer in pivot else np.nan
+        for layer in layers.drop_duplicates("layer").sort_values("layer_index").layer:
+            sub = layers[layers.layer == layer].set_index("model")
+            out[f"{short} {layer}"] = out.model.map(sub[col])
+            out[f"{short} {layer} interval"] = out.model.map(
+                lambda m, s=sub, c=col: f"[{s.loc[m, c + '_low']:.3f}, {s.loc[m, c + '_high']:.3f}]" if m in s.index
+                else "")
     return out
 
 
+def steps_check(cells: pd.DataFrame, directory: Path, seed: int, level: float = 0.95) -> str:
+    """The SID steps check: the layer-wise stage rerun with twice the SID steps on seed `seed`
+    (``<directory>/layerwise.csv``) against the same seed's means; passes when no (model, layer) mean moves by
+    more than half its interval's width (the images' interval on that seed)."""
+    path = Path(directory) / "layerwise.csv"
+    if not path.is_file():
+        return f"SID steps check: not run ({path} is missing)."
+    doubled = pd.read_csv(path)
+    base = cells[cells.seed == seed]
+    worst, where, ok = 0.0, "", True
+    for (m, layer), g in base.groupby(["model", "layer"]):
+        e = seed_mean([g.sid_per_pixel.to_numpy()], level)
+        other = doubled[(doubled.model == m) & (doubled.layer == layer)].sid_per_pixel
+        if other.empty or not e.finite:
+            continue
+        moved = abs(float(other.mean()) - e.estimate) / max((e.high - e.low) / 2, 1e-12)
+        ok &= moved <= 1.0
+        if moved >= worst:
+            worst, where = moved, f"{m} {layer}"
+    return (f"SID steps check (seed {seed}, twice the steps): the largest move of a layer's mean is {worst:.2f} of "
+            f"half its interval's width, at {where}: {'PASSED' if ok else 'FAILED (raise analysis.sid.steps)'}.")
+
+
 def curves(layers: pd.DataFrame, out: Path, title: str, provenance: str) -> list[Path]:
-    """The layer-wise curves of every model overlaid, one PNG per measured quantity."""
+    """The layer-wise curves of every model overlaid (x axis: the layer names), one PNG per measured quantity,
+    with each point's interval as a band."""
     paths = []
-    names = ", ".join(f"{i}={n}" for i, n in layers.drop_duplicates("layer_index")[["layer_index", "layer"]]
-                      .sort_values("layer_index").itertuples(index=False))
     for col, (short, ylabel) in QUANTITIES.items():
         if col not in layers or layers[col].isna().all():
             continue
         data = {m: (g.layer_index.to_numpy(), g[col].to_numpy())
                 for m, g in layers.sort_values("layer_index").groupby("model", sort=False)}
+        bands = {m: (g[f"{col}_low"].to_numpy(), g[f"{col}_high"].to_numpy())
+                 for m, g in layers.sort_values("layer_index").groupby("model", sort=False)}
+        names = layers.drop_duplicates("layer_index").sort_values("layer_index").layer.tolist()
         stem = {"SID": "sid", "RU": "ru", "conc": "concentration"}[short]
-        paths.append(plot_curves(data, out / f"report_{stem}.png", "layer", ylabel, f"{title}: {short} ({names})",
-                                 provenance))
+        paths.append(_plot(data, bands, names, out / f"report_{stem}.png", ylabel, f"{title}: {short}", provenance))
     return paths
 
 
-def build_report(study: str, out: str | Path, models: pd.DataFrame, layers: pd.DataFrame,
+def _plot(data: Mapping[str, tuple[np.ndarray, np.ndarray]], bands: Mapping[str, tuple[np.ndarray, np.ndarray]],
+          names: Sequence[str], path: Path, ylabel: str, title: str, provenance: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, (x, y) in data.items():
+        (line,) = ax.plot(x, y, marker="o", label=m)
+        lo, hi = bands[m]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.text(0.01, 0.01, "bands: 95 % intervals over seeds", fontsize=6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Description": provenance[:2000]})
+    plt.close(fig)
+    return path
+
+
+def build_report(study: str, out: str | Path, models: pd.DataFrame, cells: pd.DataFrame,
                  claims: Mapping[str, Any], notes: Sequence[str] = (), provenance: str = "") -> Report:
-    """Write the report files of `study` into `out` (module docstring) and return them."""
+    """Write the report files of `study` into `out` (module docstring) and return them.
+
+    Args:
+        models: one row per model and seed (`model_table` with a ``seed`` column; without one: seed 0).
+        cells: one row per model x seed x image x layer (without ``seed``/``image`` columns: one each).
+    """
     out = Path(out)
-    order = {m: i for i, m in enumerate(models.model)}
-    layers = layers[layers.model.isin(order)].copy()
-    layers["_order"] = layers.model.map(order)
-    layers = layers.sort_values(["_order", "layer_index"]).drop(columns="_order").reset_index(drop=True)
-    verdicts = VERDICTS.get(study)(layers, models, dict(claims))
-    table = wide(models, layers)
-    long = layers[["model", "layer_index", "layer", *[c for c in QUANTITIES if c in layers]]]
+    models = models if "seed" in models else models.assign(seed=0)
+    cells = cells if "seed" in cells else cells.assign(seed=0)
+    cells = cells if "image" in cells else cells.assign(image=0)
+    order = list(dict.fromkeys(models.model))
+    cells = cells[cells.model.isin(order)].reset_index(drop=True)
+    level = float(claims.get("level", 0.95))
+    verdicts = VERDICTS.get(study)(cells, models, dict(claims))
+    long = layer_table(cells, order, level)
+    table = wide(models, long)
     write_csv(table, out / "report.csv")
     write_csv(long, out / "report_layers.csv")
-    figures = curves(layers, out, study, provenance)
+    write_csv(models, out / "report_seeds.csv")
+    figures = curves(long, out, study, provenance)
+    seeds, images = int(long.seeds.max()), int(long.images.min())
     text = "\n\n".join([
         f"# Study: {study}",
-        "SID, RU and concentration in nats per input pixel (means over the analysed test images); higher SID: "
-        "more input information discarded. NaN: not measured.",
-        "## Models\n\n" + to_markdown_table(table),
+        "SID, RU and concentration in nats per input pixel; higher SID: more input information discarded. "
+        f"Each value is the mean over {seeds} training seed(s) of the mean over {images} analysed test images, with "
+        f"its {level:.0%} interval (Student's t over the seed means; over the images with one seed); seed_sd: the "
+        "spread of the seed means, image_se: the images' standard error within a seed. NaN: not measured.",
+        "## Models (means over seeds)\n\n" + to_markdown_table(table),
         "## Per layer\n\n" + to_markdown_table(long),
         "## Verdicts\n\n" + "\n".join(v.line() for v in verdicts),
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
@@ -155,8 +238,10 @@ def log_report(loggers: Sequence[Any], report: Report, study: str) -> None:
                 xs=groups[0][1].layer_index.tolist(), ys=[g[col].tolist() for _, g in groups],
                 keys=[m for m, _ in groups], title=f"{study}: {ylabel} by layer", xname="layer")
         data["report/figures"] = [wandb.Image(str(p)) for p in report.figures]
-        data["report/verdicts"] = wandb.Table(columns=["claim", "reproduced", "paper", "measured"], data=[
-            [v.claim, str(v.reproduced), v.paper, v.measured] for v in report.verdicts])
+        data["report/verdicts"] = wandb.Table(
+            columns=["claim", "verdict", "effect", "low", "high", "rule", "paper", "measured"],
+            data=[[v.claim, v.word, *((v.effect.estimate, v.effect.low, v.effect.high) if v.effect else (None,) * 3),
+                   v.rule, v.paper, v.measured] for v in report.verdicts])
         run.log(data)
         run.summary["verdicts"] = "\n".join(v.line() for v in report.verdicts)
         run.finish()

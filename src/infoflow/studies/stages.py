@@ -71,12 +71,48 @@ def stage_spec(study: DictConfig, name: str) -> DictConfig:
     return spec
 
 
-def stage_dir(study: DictConfig, name: str) -> Path:
-    return Path(study.paths.output_dir) / name
+def stage_dir(study: DictConfig, name: str, seed: int | None = None) -> Path:
+    """``<study dir>/<name>``, or ``<study dir>/<name>/seed_<seed>`` for one replicate seed."""
+    out = Path(study.paths.output_dir) / name
+    return out if seed is None else out / f"seed_{seed}"
 
 
-def stage_config(study: DictConfig, name: str) -> DictConfig:
-    """The composed config of stage `name` (needs an initialised Hydra, as inside ``train.py``)."""
+def study_seeds(study: DictConfig) -> list[int | None]:
+    """``task.seeds`` (each arm trained once per seed), or ``[None]``: one run with the study's ``seed``."""
+    seeds = study.task.get("seeds")
+    if seeds is None:
+        return [None]
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"task.seeds={seeds!r}: a list of distinct integers, e.g. [0, 1, 2], or null")
+    return seeds
+
+
+def seeded(value: Any, study: DictConfig, seed: int | None) -> Any:
+    """`value` with every path into a stage's directory redirected to that stage's ``seed_<seed>`` directory."""
+    if seed is None:
+        return value
+    if isinstance(value, dict):
+        return {k: seeded(v, study, seed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [seeded(v, study, seed) for v in value]
+    if isinstance(value, str):
+        for name in study.task.stages:
+            prefix = f"{stage_dir(study, name)}/"
+            if value.startswith(prefix) and not value.startswith(f"{prefix}seed_"):
+                return f"{stage_dir(study, name, seed)}/{value[len(prefix):]}"
+    return value
+
+
+def run_seed(study: DictConfig, spec: DictConfig, seed: int | None) -> int:
+    """The global seed a stage runs with: replicate `seed` (or the study's ``seed``) plus the stage's
+    ``seed_offset`` (default 0: arms share their replicate seeds; the null study's second arm differs)."""
+    return int(study.seed if seed is None else seed) + int(spec.get("seed_offset") or 0)
+
+
+def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictConfig:
+    """The composed config of stage `name` for replicate `seed` (None: the study's own seed, in the stage's
+    directory); needs an initialised Hydra, as inside ``train.py``."""
     spec = stage_spec(study, name)
     common = OmegaConf.to_container(study.task.get("common") or OmegaConf.create({}), resolve=True)
     primary = PRIMARY[spec.kind]
@@ -84,6 +120,7 @@ def stage_config(study: DictConfig, name: str) -> DictConfig:
     merged = {k: v for k, v in common.items()  # null in common: leave the stage's own value
               if v is not None and k.lstrip("+~").split("@")[0].split(".")[0] not in foreign}
     merged.update(OmegaConf.to_container(spec.get("overrides") or OmegaConf.create({}), resolve=True))
+    merged = seeded(merged, study, seed)
     plain, structured = [], {}
     for key, value in merged.items():
         if isinstance(value, (list, dict)):
@@ -92,10 +129,10 @@ def stage_config(study: DictConfig, name: str) -> DictConfig:
             plain.append(f"{key}={'null' if value is None else value}")
         else:
             plain.append(f"{key}={_override_value(value)}")
-    out = stage_dir(study, name)
+    out = stage_dir(study, name, seed)
     try:
         cfg = compose(primary, overrides=[*plain, f"paths.output_dir={_override_value(str(out))}",
-                                          f"seed={study.seed}"], return_hydra_config=True)
+                                          f"seed={run_seed(study, spec, seed)}"], return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
         raise ConfigError(f"stage {name} of the study does not compose: {err}") from err
     name_plugins(cfg, cfg.hydra.runtime.choices)  # as the entry points do: plug-ins named by their choice
@@ -139,19 +176,19 @@ def run_stages(
     A stage that raises leaves no ``done.json``: rerunning resumes at that stage.
     """
     records, rerun_rest = {}, False
-    for name in names:
+    for k, name in enumerate(names, 1):
         cfg, out = config(name), directory(name)
         fingerprint = config_hash(OmegaConf.to_container(cfg, resolve=False))
         done = read_done(out)
         if done is not None and done.get("fingerprint") == fingerprint and not rerun_rest:
             log.info("stage %s: done before (%s), skipped", name, out / DONE)
-            print(f"[study] stage {name}: already done, skipped ({out / DONE})")
+            print(f"[study] {k}/{len(names)} stage {name}: already done, skipped ({out / DONE})")
             records[name] = done
             continue
         if done is not None:
             reason = "an earlier stage ran again" if rerun_rest else "its settings changed"
             print(f"[study] stage {name}: runs again ({reason})")
-        print(f"[study] stage {name}: running into {out}")
+        print(f"[study] {k}/{len(names)} stage {name}: running into {out}")
         start = time.perf_counter()
         metrics = runner(name, cfg)
         record = {"stage": name, "metrics": _jsonable(metrics), "seconds": round(time.perf_counter() - start, 2),

@@ -24,11 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.builders import build_datamodule, build_loggers
-from infoflow.errors import ConfigError, DataError
+from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.models.zoo import get_model
-from infoflow.studies.report import build_report, epoch_layers, log_report, model_table
+from infoflow.studies.report import build_report, epoch_layers, log_report, model_table, steps_check
 from infoflow.studies.robustness import minimal_targeted_l2
-from infoflow.studies.stages import run_stages, stage_config, stage_dir
+from infoflow.studies.stages import run_stages, seeded, stage_config, stage_dir, study_seeds
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
@@ -57,8 +57,54 @@ def run_robustness(cfg: DictConfig, params: DictConfig) -> dict[str, Any]:
     return {f"{r.model}/robustness_l2": r.robustness_l2 for r in table.itertuples()}
 
 
-def run_stage(name: str, cfg: DictConfig, spec: DictConfig) -> dict[str, Any] | None:
-    """Run one stage's composed config `cfg` (kind ``spec.kind``) in-process; its final metrics."""
+class AccuracyGateError(UserError):
+    """A classifier a study trained is below ``task.min_accuracy``: its layer-wise figures would compare
+    untrained networks."""
+
+
+def gate(cfg: DictConfig, records: dict[str, dict[str, Any]]) -> None:
+    """Stop the study (`AccuracyGateError`) when a trained classifier of ``task.models`` is below
+    ``task.min_accuracy`` on the test split; models in ``task.ungated`` (the pruned arms) are reported, not gated."""
+    t = cfg.task
+    floor = t.get("min_accuracy")
+    if floor is None:
+        return
+    exempt = set(t.get("ungated") or [])
+    arms = [(m.name, m.stage) for m in t.models if m.get("stage") and m.name not in exempt]
+    if (t.get("report") or {}).get("source", "summary") == "callback":  # the epochs study: its training stage
+        arms.append((t.report.layerwise, t.report.layerwise))
+    for name, stage in arms:
+        if t.stages[stage].kind != "train":
+            continue
+        for seed in study_seeds(cfg):
+            acc = records.get(unit(stage, seed), {}).get("metrics", {}).get("test/acc")
+            if acc is not None and float(acc) < float(floor):
+                raise AccuracyGateError(
+                    f"arm {name} (stage {stage}, seed {seed}) reached test accuracy {float(acc):.3f} < "
+                    f"task.min_accuracy={float(floor)}: raise task.stages.{stage}.overrides.trainer.max_epochs "
+                    f"(or data.num_train) and rerun; no SID was computed")
+
+
+def stage_seeds(cfg: DictConfig, name: str) -> list[int | None]:
+    """The seeds stage `name` runs with: its own ``seeds`` (a subset of ``task.seeds``, e.g. the steps check's
+    ``[0]``) or every seed of ``task.seeds``."""
+    seeds = study_seeds(cfg)
+    own = cfg.task.stages[name].get("seeds")
+    if own is None:
+        return seeds
+    if not set(own) <= set(seeds):
+        raise ConfigError(f"task.stages.{name}.seeds={list(own)} must be a subset of task.seeds={seeds}")
+    return list(own)
+
+
+def unit(name: str, seed: int | None) -> str:
+    """The record key of stage `name` run with replicate `seed`."""
+    return name if seed is None else f"{name}/seed_{seed}"
+
+
+def run_stage(name: str, cfg: DictConfig, spec: DictConfig, params: DictConfig | None = None) -> dict[str, Any] | None:
+    """Run one stage's composed config `cfg` (kind ``spec.kind``) in-process; its final metrics. `params`:
+    a robustness stage's parameters (default ``spec.params``), already redirected to its seed's models."""
     if spec.kind == "train":
         from infoflow.tasks import run_task
 
@@ -67,7 +113,7 @@ def run_stage(name: str, cfg: DictConfig, spec: DictConfig) -> dict[str, Any] | 
         from infoflow.analyses import run_analysis
 
         return run_analysis(cfg)
-    return run_robustness(cfg, spec.params)
+    return run_robustness(cfg, params if params is not None else spec.params)
 
 
 def resume_hint(cfg: DictConfig) -> str:
@@ -86,6 +132,12 @@ class StudyTask(TrainingTask):
             raise ConfigError(f"task.study={t.study!r}: unknown study; valid: {', '.join(VERDICTS.names())}")
         if not t.stages:
             raise ConfigError("task.stages is empty: a study needs at least one stage")
+        study_seeds(self.cfg)
+        for name in t.stages:
+            stage_seeds(self.cfg, name)
+        if t.report.get("steps_check") and t.report.steps_check.stage not in t.stages:
+            raise ConfigError(f"task.report.steps_check.stage={t.report.steps_check.stage!r} is not one of the "
+                              f"stages: {', '.join(t.stages)}")
         if t.report.layerwise not in t.stages:
             raise ConfigError(f"task.report.layerwise={t.report.layerwise!r} is not one of the stages: {', '.join(t.stages)}")
         source = t.report.get("source", "summary")
@@ -95,49 +147,82 @@ class StudyTask(TrainingTask):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
-        names = list(cfg.task.stages)
-        try:
-            records = run_stages(names, lambda n: stage_dir(cfg, n), lambda n: stage_config(cfg, n),
-                                 lambda n, c: run_stage(n, c, cfg.task.stages[n]))
+        kinds = {n: cfg.task.stages[n].kind for n in cfg.task.stages}
+        runs = {n: stage_seeds(cfg, n) for n in cfg.task.stages}
+        train = [unit(n, s) for n in cfg.task.stages if kinds[n] == "train" for s in runs[n]]
+        rest = [unit(n, s) for n in cfg.task.stages if kinds[n] != "train" for s in runs[n]]
+        split = {unit(n, s): (n, s) for n in cfg.task.stages for s in runs[n]}
+
+        def runner(key: str, c: DictConfig) -> dict[str, Any] | None:
+            name, seed = split[key]
+            spec = cfg.task.stages[name]
+            params = None
+            if spec.kind == "robustness":
+                params = OmegaConf.create(seeded(OmegaConf.to_container(spec.params, resolve=True), cfg, seed))
+            return run_stage(key, c, spec, params)
+
+        directory = lambda key: stage_dir(cfg, *split[key])  # noqa: E731
+        try:  # every classifier is trained and gated before any SID is computed
+            config = lambda key: stage_config(cfg, *split[key])  # noqa: E731
+            records = run_stages(train, directory, config, runner)
+            gate(cfg, records)
+            records.update(run_stages(rest, directory, config, runner))
+        except AccuracyGateError:
+            raise
         except BaseException:
             print(f"[study] stopped; the finished stages are kept. Resume with:\n  {resume_hint(cfg)}")
             raise
         return self.report(records)
 
-    def layers(self) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-        """The layer-wise table of the report's layer-wise stage and the compared models.
+    def cells(self) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """The per-image layer-wise table of every seed (column ``seed``) and the compared models.
 
-        ``task.report.source``: ``summary`` reads an ``analysis=layerwise`` stage's ``layerwise_summary.csv``
-        (models: ``task.models``); ``callback`` reads a training stage's ``callbacks/layerwise.csv`` (models: its
-        evaluated epochs, the last one credited with the stage's final metrics).
+        ``task.report.source``: ``summary`` reads each seed's ``analysis=layerwise`` stage ``layerwise.csv``
+        (models: ``task.models``); ``callback`` reads a training stage's ``callbacks/layerwise_images.csv``
+        (models: its evaluated epochs ``epoch_<N>``, the last one credited with the stage's final metrics).
         """
         t = self.cfg.task
-        stage = t.report.layerwise
-        if t.report.get("source", "summary") == "callback":
-            path = stage_dir(self.cfg, stage) / "callbacks" / "layerwise.csv"
+        stage, frames = t.report.layerwise, []
+        callback = t.report.get("source", "summary") == "callback"
+        for seed in study_seeds(self.cfg):
+            where = stage_dir(self.cfg, stage, seed)
+            path = where / "callbacks" / "layerwise_images.csv" if callback else where / "layerwise.csv"
             if not path.is_file():
-                raise DataError(f"{path} is missing: stage {stage} ran without the layerwise callback "
-                                "(callbacks=[default,layerwise])")
-            layers = epoch_layers(path)
-            names = list(dict.fromkeys(layers.model))
-            return layers, [{"name": n, "stage": stage if n == names[-1] else None} for n in names]
-        summary = stage_dir(self.cfg, stage) / "layerwise_summary.csv"
-        if not summary.is_file():
-            raise DataError(f"{summary} is missing: the layer-wise stage {stage} wrote no summary")
-        return pd.read_csv(summary), OmegaConf.to_container(t.models, resolve=True)
+                raise DataError(f"{path} is missing: " + (f"stage {stage} ran without the layerwise callback "
+                                "(callbacks=[default,layerwise])" if callback else
+                                f"the layer-wise stage {stage} wrote no per-image table"))
+            frame = epoch_layers(path) if callback else pd.read_csv(path)
+            frames.append(frame.assign(seed=0 if seed is None else seed))
+        cells = pd.concat(frames, ignore_index=True)
+        if not callback:
+            return cells, OmegaConf.to_container(t.models, resolve=True)
+        names = list(dict.fromkeys(cells.model))
+        return cells, [{"name": n, "stage": stage if n == names[-1] else None} for n in names]
 
     def report(self, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.task
         out = Path(cfg.paths.output_dir)
-        layers, compared = self.layers()
-        robustness = None
-        if t.report.get("robustness"):
-            robustness = pd.read_csv(stage_dir(cfg, t.report.robustness) / "robustness.csv")
-        models = model_table(compared, records, layers, dict(t.report.get("extras") or {}), robustness)
+        cells, compared = self.cells()
+        tables = []
+        for seed in study_seeds(cfg):
+            s = 0 if seed is None else seed
+            robustness = None
+            if t.report.get("robustness"):
+                robustness = pd.read_csv(stage_dir(cfg, t.report.robustness, seed) / "robustness.csv")
+            own = {n: records.get(unit(n, seed), {}) for n in t.stages}
+            means = cells[cells.seed == s].groupby(["model", "layer_index", "layer"], as_index=False).mean(
+                numeric_only=True)
+            tables.append(model_table(compared, own, means, dict(t.report.get("extras") or {}), robustness)
+                          .assign(seed=s))
+        models = pd.concat(tables, ignore_index=True)
         claims = OmegaConf.to_container(t.claims, resolve=True) if t.get("claims") else {}
-        report = build_report(t.study, out, models, layers, claims, list(t.report.get("notes") or []),
-                              OmegaConf.to_yaml(cfg, resolve=True))
+        notes = list(t.report.get("notes") or [])
+        steps = t.report.get("steps_check")
+        if steps:
+            seed = stage_seeds(cfg, steps.stage)[0]
+            notes.append(steps_check(cells, stage_dir(cfg, steps.stage, seed), 0 if seed is None else seed))
+        report = build_report(t.study, out, models, cells, claims, notes, OmegaConf.to_yaml(cfg, resolve=True))
         log_report(build_loggers(cfg), report, t.study)
         print(report.markdown)
         print(f"[study] report: {out / 'report.md'} (+ report.csv, report_layers.csv, report_*.png)")
-        return {f"{r.model}/accuracy": r.accuracy for r in models.itertuples()}
+        return {f"{r.model}/seed_{r.seed}/accuracy": r.accuracy for r in models.itertuples()}
