@@ -36,6 +36,7 @@ from infoflow.analyses.sharded_images import evaluation_loader
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.data.base import ImageDataModule
 from infoflow.interface import Attribution, unsupported
+from infoflow.metrics.sanity import resettable_layers
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.tables import print_table, write_markdown
 from infoflow.viz import plot_curves, plot_grid
@@ -106,7 +107,7 @@ def _settings(cfg: DictConfig, model: ZooModel) -> MetricSettings:
         sparseness=bool(a.sparseness), insertion_deletion=kwargs(a.insertion_deletion), road=kwargs(a.road),
         infidelity=kwargs(a.infidelity), max_sensitivity=kwargs(a.max_sensitivity),
         subset_images=int(a.subset_images), sanity_images=int(a.sanity.num_images),
-        sanity_layers=list(a.sanity.layers or model.layers), signed=list(a.sanity.signed),
+        sanity_layers=list(a.sanity.layers or resettable_layers(model)), signed=list(a.sanity.signed),
         win_size=int(a.sanity.win_size), random_logit=bool(a.sanity.random_logit), seed=int(cfg.seed),
     )
 

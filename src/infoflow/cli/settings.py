@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from infoflow.attribution import METHODS
 from infoflow.errors import ConfigError, DataError
 from infoflow.models.entry import MODELS
-from infoflow.utils.validation import check_beta, check_common, check_count
+from infoflow.utils.validation import check_batch_size, check_beta, check_common, check_count
 
 #: method arguments that count something and must be >= 1
-COUNT_ARGS = frozenset({"steps", "copies", "samples", "estimator_samples", "num_images", "n_steps", "batch_size",
+COUNT_ARGS = frozenset({"steps", "copies", "samples", "estimator_samples", "num_images", "n_steps",
                         "window", "stride"})
 
 
@@ -64,6 +64,8 @@ def check_method_node(node: Mapping[str, Any], name: str, layers: list[str]) -> 
             check_beta(value, full)
         elif key == "layer":
             check_layer(value, full, layers)
+        elif key == "batch_size" and value is not None:
+            check_batch_size(value, full)
         elif key in COUNT_ARGS and value is not None:
             check_count(value, full)
         elif isinstance(default, bool):

@@ -18,6 +18,7 @@ from infoflow.metrics.sanity import (
     cascading_sanity_check,
     heatmap_ssim,
     normalize_heatmap,
+    resettable_layers,
     ssim,
 )
 from infoflow.metrics.sensitivity import SensitivityN, SensitivityNResult, pearson
@@ -45,6 +46,7 @@ __all__ = [
     "Sparseness",
     "TileGrid",
     "cascading_randomization",
+    "resettable_layers",
     "cascading_sanity_check",
     "gini",
     "heatmap_ssim",

@@ -120,6 +120,22 @@ class SanitySSIM(Metric):
         return self.ssim_sum / self.count
 
 
+def resettable_layers(model: ZooModel) -> list[str]:
+    """The layers of `model` (in forward order) that the cascade can randomise: those whose parameter module
+    holds a submodule with ``reset_parameters``, one name per module (aliases such as a timm model's ``mid``
+    and parameter-free outputs such as a ReLU are left out)."""
+    seen: set[str] = set()
+    names = []
+    for name in model.layers:
+        path = model.parameter_path(name)
+        target = model.module.get_submodule(path)
+        if path in seen or not any(callable(getattr(m, "reset_parameters", None)) for m in target.modules()):
+            continue
+        seen.add(path)
+        names.append(name)
+    return names
+
+
 def cascading_randomization(model: M, layers: Sequence[str], seed: int = 0) -> Iterator[tuple[str, M]]:
     """Re-initialise the layers from the last one down, cumulatively, on one deep copy of `model`.
 

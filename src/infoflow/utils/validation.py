@@ -94,7 +94,7 @@ def check_number(value: Any, name: str, minimum: float = 0.0, strict: bool = Fal
 
 
 def check_batch_size(value: Any, name: str = "batch_size") -> int | str:
-    """A batch size: an int >= 1, or ``"auto"`` (the largest that fits, chosen by the method)."""
+    """A batch size: an int >= 1, or ``"auto"`` (chosen by timing candidates, see `infoflow.utils.autotune`)."""
     if value == "auto":
         return "auto"
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
