@@ -8,12 +8,18 @@
 - the method node (and every Table 1 row, ``analysis.rows.<row>``) takes only its method's arguments, with
   the types of their defaults (int, float, bool), counts >= 1, beta a number >= 0 and a layer of the model;
 - ``weights`` is ``none``, ``default`` (when the model's entry has default weights) or an existing file;
-- ``analysis.only`` and ``analysis.layers`` name existing rows and layers; ``method=readout`` has a checkpoint.
+- ``analysis.only`` and ``analysis.layers`` name existing rows and layers;
+- ``method=readout`` has a readout checkpoint (not a classifier's) trained for this model and layer;
+- the method supports the model (its ``unsupported``, e.g. PatternAttribution refuses ResNets);
+- ``model.num_classes`` and ``data.num_classes`` are >= 2 (one class: softmax 1 for every image);
+- ``weights=default`` on ``data.image_size`` other than the size the default weights were trained at is a
+  `InputSizeWarning` (the network still runs, but its predictions are near chance).
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,17 @@ from omegaconf import DictConfig
 
 from infoflow.attribution import METHODS
 from infoflow.errors import ConfigError, DataError
+from infoflow.iba.readout.meta import load_readout
+from infoflow.interface import Attribution
 from infoflow.models.entry import MODELS
+from infoflow.models.pretrained import DEFAULTS, default_weights_image_size
+from infoflow.models.zoo import get_model
 from infoflow.utils.validation import check_beta, check_common, check_count
+
+
+class InputSizeWarning(UserWarning):
+    """Trained weights run on images of another size than they were trained on."""
+
 
 #: method arguments that count something and must be >= 1
 COUNT_ARGS = frozenset({"steps", "copies", "samples", "estimator_samples", "num_images", "n_steps", "batch_size",
@@ -88,6 +103,63 @@ def check_weights(cfg: DictConfig) -> None:
     raise ConfigError(f"weights={weights}: not weights of model {cfg.model.name}; use {choices}")
 
 
+def check_readout_ckpt(cfg: DictConfig, layers: list[str]) -> None:
+    """``method=readout``: ``readout_ckpt`` is a readout checkpoint for this model and bottleneck layer (the
+    weights and data are checked when it is loaded)."""
+    ckpt = cfg.method.get("readout_ckpt")
+    hint = "the readout.pt or checkpoints/last.ckpt of a `python train.py task=readout` run"
+    if ckpt is None or not Path(str(ckpt)).expanduser().is_file():
+        raise ConfigError(f"readout_ckpt={ckpt}: method=readout needs {hint}")
+    try:
+        meta, _ = load_readout(Path(str(ckpt)).expanduser())
+    except DataError as err:
+        raise ConfigError(f"readout_ckpt={ckpt}: not a readout checkpoint: {err}") from None
+    layer = cfg.method.get("layer")
+    for key, now, setting in (("model", cfg.model.name, "model"), ("layer", layer, "method.layer")):
+        if now is not None and meta.get(key) is not None and str(meta[key]) != str(now):
+            raise ConfigError(f"readout_ckpt={ckpt}: trained for {key} {meta[key]}, but {setting}={now}; use a "
+                              f"readout trained for {setting}={now} (python train.py task=readout), or set "
+                              f"{setting}={meta[key]}")
+
+
+def check_classes(cfg: DictConfig) -> None:
+    """A classifier needs two classes or more: with one, its softmax is 1 for every image."""
+    data = cfg.get("data")
+    for name, value in (("model.num_classes", cfg.model.get("num_classes")),
+                        ("data.num_classes", data.get("num_classes") if hasattr(data, "get") else None)):
+        if value is not None and _int(value, name, 1) < 2:
+            raise ConfigError(f"{name}={value}: a classifier needs at least 2 classes; with one, its softmax is 1 "
+                              "for every image, so every explanation and metric is empty")
+
+
+def check_input_size(cfg: DictConfig) -> None:
+    """Warn when ``weights=default`` runs on ``data.image_size`` other than the weights' training size."""
+    data = cfg.get("data")
+    size = data.get("image_size") if hasattr(data, "get") else None
+    model = str(cfg.model.name)
+    if str(cfg.get("weights", "none")) != "default" or model not in DEFAULTS or size is None:
+        return
+    trained = default_weights_image_size(model)
+    if int(size) != trained:
+        warnings.warn(f"data.image_size={size}: the default weights of model {model} were trained on {trained} px "
+                      f"images and predict near chance at {size} px; set data.image_size={trained}, or weights= a "
+                      f"checkpoint trained at {size} px", InputSizeWarning, stacklevel=2)
+
+
+def check_supported(cfg: DictConfig) -> None:
+    """A method class that refuses the model (its own ``unsupported``, e.g. PatternAttribution on a ResNet) is a
+    ConfigError naming ``method`` and ``model``, before any data is read."""
+    factory = METHODS.get(str(cfg.method.name))
+    unsupported = getattr(factory, "unsupported", None)
+    if unsupported is None or getattr(unsupported, "__func__", None) is Attribution.unsupported.__func__:
+        return  # a method that explains every model
+    entry = MODELS.get(cfg.model.name)()
+    num_classes = int(cfg.model.get("num_classes") or entry.num_classes)
+    reason = unsupported(get_model(str(cfg.model.name), "none", num_classes))
+    if reason is not None:
+        raise ConfigError(f"method={cfg.method.name} model={cfg.model.name}: {reason}")
+
+
 def check_data(data: Any) -> None:
     if not hasattr(data, "get"):
         return
@@ -118,10 +190,8 @@ def check_config(cfg: DictConfig) -> DictConfig:
     if hasattr(cfg.get("method"), "get") and cfg.method.get("name"):
         check_method_node(cfg.method, "method", layers)
         if cfg.method.name == "readout":
-            ckpt = cfg.method.get("readout_ckpt")
-            if ckpt is None or not Path(str(ckpt)).expanduser().is_file():
-                raise ConfigError(f"readout_ckpt={ckpt}: method=readout needs the readout.pt or last.ckpt of a "
-                                  "`python train.py task=readout` run")
+            check_readout_ckpt(cfg, layers)
+        check_supported(cfg)
     analysis = cfg.get("analysis")
     if hasattr(analysis, "get"):
         rows = analysis.get("rows") or {}
@@ -134,5 +204,7 @@ def check_config(cfg: DictConfig) -> DictConfig:
         for i, layer in enumerate(analysis.get("layers") or []):
             check_layer(layer, f"analysis.layers[{i}]", layers)
     check_data(cfg.get("data"))
+    check_classes(cfg)
+    check_input_size(cfg)
     return cfg
 

@@ -44,6 +44,11 @@ DEFAULTS: dict[str, dict] = {"shapesnet": SHAPESNET_RECIPE, "shapesvit": SHAPESV
 TRAINERS: dict[str, Callable[[int], dict[str, torch.Tensor]]] = {}
 
 
+def default_weights_image_size(model: str) -> int:
+    """Height and width (px) of the shapes images that `model`'s default weights were trained on."""
+    return int(DEFAULTS[model].get("image_size", 64))
+
+
 def cache_dir() -> Path:
     """The cache root (see `infoflow.utils.cache.cache_dir`)."""
     return cache.cache_dir()
