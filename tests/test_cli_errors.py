@@ -109,3 +109,12 @@ def test_default_weights_on_another_image_size_warn_with_the_setting(tmp_path: P
         warnings.simplefilter("error")
         check_config(config())  # 64 px: silent
         check_config(config("data.image_size=32", "weights=none"))  # random weights: no trained size
+
+
+def test_a_bad_override_in_the_last_stage_stops_the_study_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = run_cli("train", ["experiment=distillation_shapes", "+task.stages.layerwise.overrides.layer=conv9"],
+                   "task.stages.layerwise", tmp_path, monkeypatch, capsys)
+    assert "conv9" in line
+    assert not list((tmp_path / "run").glob("*/done.json")) and not list((tmp_path / "run").rglob("*.pt"))

@@ -17,7 +17,7 @@ from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table
-from infoflow.studies.stages import read_done, run_stages, stage_config
+from infoflow.studies.stages import check_stages, read_done, run_stages, stage_config
 from infoflow.studies.verdicts import VERDICTS, spearman
 from infoflow.tasks import TASKS
 
@@ -138,6 +138,8 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
                 assert cfg.task.name in TASKS
             if not experiment.endswith("_shapes"):
                 assert cfg.data.root == "/data/cifar10" and cfg.trainer.accelerator == "gpu"
+        if experiment.endswith("_shapes"):  # every stage passes the entry points' check (paper data is absent here)
+            check_stages(study)
         for m in study.task.models:  # the compared networks exist and are built from the stages' outputs
             assert m.stage is None or m.stage in study.task.stages
             assert m.model in MODELS

@@ -91,11 +91,19 @@ def check_method_node(node: Mapping[str, Any], name: str, layers: list[str]) -> 
             raise ConfigError(f"{full} must be a number, got {value!r}")
 
 
-def check_weights(cfg: DictConfig) -> None:
+def _produced(path: Any, produced: str | Path | None) -> bool:
+    """Whether `path` lies under `produced`, a folder that earlier stages of a study fill (not written yet)."""
+    if produced is None or path is None:
+        return False
+    return Path(str(path)).expanduser().resolve().is_relative_to(Path(produced).expanduser().resolve())
+
+
+def check_weights(cfg: DictConfig, produced: str | Path | None = None) -> None:
     weights = str(cfg.get("weights", "none"))
     entry = MODELS.get(cfg.model.name)()
     has_default = entry.default_weights is not None
-    if weights.lower() == "none" or (weights == "default" and has_default) or Path(weights).expanduser().is_file():
+    if (weights.lower() == "none" or (weights == "default" and has_default) or Path(weights).expanduser().is_file()
+            or _produced(weights, produced)):
         return
     if entry.torchvision_name is not None and weights != "default":
         return  # a torchvision weights enum name: get_model checks it against torchvision's list
@@ -103,11 +111,13 @@ def check_weights(cfg: DictConfig) -> None:
     raise ConfigError(f"weights={weights}: not weights of model {cfg.model.name}; use {choices}")
 
 
-def check_readout_ckpt(cfg: DictConfig, layers: list[str]) -> None:
+def check_readout_ckpt(cfg: DictConfig, produced: str | Path | None = None) -> None:
     """``method=readout``: ``readout_ckpt`` is a readout checkpoint for this model and bottleneck layer (the
     weights and data are checked when it is loaded)."""
     ckpt = cfg.method.get("readout_ckpt")
     hint = "the readout.pt or checkpoints/last.ckpt of a `python train.py task=readout` run"
+    if _produced(ckpt, produced) and not Path(str(ckpt)).expanduser().is_file():
+        return  # an earlier stage of the study trains it
     if ckpt is None or not Path(str(ckpt)).expanduser().is_file():
         raise ConfigError(f"readout_ckpt={ckpt}: method=readout needs {hint}")
     try:
@@ -171,9 +181,10 @@ def check_data(data: Any) -> None:
             raise DataError(f"data.root={root}: no such folder; set data.root to the folder that holds the dataset")
 
 
-def check_config(cfg: DictConfig) -> DictConfig:
+def check_config(cfg: DictConfig, produced: str | Path | None = None) -> DictConfig:
     """Refuse a bad composed config of train.py or evaluate.py with a one-line user error, before any work;
-    return `cfg`."""
+    return `cfg`. Weights and readout files under `produced` (a study's folder, filled by its earlier stages)
+    count as present."""
     if "seed" in cfg and cfg.seed is not None:
         _int(cfg.seed, "seed")
     trainer = cfg.get("trainer")
@@ -182,7 +193,7 @@ def check_config(cfg: DictConfig) -> DictConfig:
     check_common(cfg)
     if "model" not in cfg:
         return cfg
-    check_weights(cfg)
+    check_weights(cfg, produced)
     layers = model_layers(cfg)
     task = cfg.get("task")
     if hasattr(task, "get") and task.get("layer") is not None:
@@ -190,7 +201,7 @@ def check_config(cfg: DictConfig) -> DictConfig:
     if hasattr(cfg.get("method"), "get") and cfg.method.get("name"):
         check_method_node(cfg.method, "method", layers)
         if cfg.method.name == "readout":
-            check_readout_ckpt(cfg, layers)
+            check_readout_ckpt(cfg, produced)
         check_supported(cfg)
     analysis = cfg.get("analysis")
     if hasattr(analysis, "get"):

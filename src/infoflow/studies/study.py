@@ -28,7 +28,7 @@ from infoflow.errors import ConfigError, DataError
 from infoflow.models.zoo import get_model
 from infoflow.studies.report import build_report, epoch_layers, log_report, model_table
 from infoflow.studies.robustness import minimal_targeted_l2
-from infoflow.studies.stages import run_stages, stage_config, stage_dir
+from infoflow.studies.stages import check_stages, run_stages, stage_config, stage_dir
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
@@ -95,6 +95,7 @@ class StudyTask(TrainingTask):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
+        check_stages(cfg)  # every stage's settings, before the first stage trains
         names = list(cfg.task.stages)
         try:
             records = run_stages(names, lambda n: stage_dir(cfg, n), lambda n: stage_config(cfg, n),
