@@ -64,7 +64,7 @@ _CACHE_DIR: Path | None = None
 
 
 class CorruptCacheWarning(UserWarning):
-    """A cache file could not be read; it is deleted and rebuilt."""
+    """One of infoflow's own cache files (see `is_own_cache_file`) does not load or validate; it is deleted and rebuilt."""
 
 
 def cache_dir() -> Path:
