@@ -118,3 +118,10 @@ def test_a_bad_override_in_the_last_stage_stops_the_study_before_any_stage(
                    "task.stages.layerwise", tmp_path, monkeypatch, capsys)
     assert "conv9" in line
     assert not list((tmp_path / "run").glob("*/done.json")) and not list((tmp_path / "run").rglob("*.pt"))
+
+
+def test_a_readout_checkpoint_for_this_model_and_layer_passes_the_check(tmp_path: Path) -> None:
+    path = readout_file(tmp_path / "ckpt.pt", "conv3")
+    cfg = compose_config("evaluate", [f"paths.output_dir={tmp_path}", "weights=none", "method=readout",
+                                      f"readout_ckpt={path}", "layer=conv3"])
+    assert check_config(cfg) is cfg

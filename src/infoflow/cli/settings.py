@@ -126,7 +126,8 @@ def check_readout_ckpt(cfg: DictConfig, produced: str | Path | None = None) -> N
         raise ConfigError(f"readout_ckpt={ckpt}: not a readout checkpoint: {err}") from None
     layer = cfg.method.get("layer")
     for key, now, setting in (("model", cfg.model.name, "model"), ("layer", layer, "method.layer")):
-        if now is not None and meta.get(key) is not None and str(meta[key]) != str(now):
+        same = {str(meta.get(key)), str(meta.get("layer_path"))} if key == "layer" else {str(meta.get(key))}
+        if now is not None and meta.get(key) is not None and str(now) not in same:  # a layer by name or path
             raise ConfigError(f"readout_ckpt={ckpt}: trained for {key} {meta[key]}, but {setting}={now}; use a "
                               f"readout trained for {setting}={now} (python train.py task=readout), or set "
                               f"{setting}={meta[key]}")
