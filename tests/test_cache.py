@@ -27,9 +27,11 @@ from infoflow.utils.cache import (
     cache_key,
     ensure_writable,
     load_cached,
+    save_cached,
     using_cache_dir,
     weights_id,
 )
+from infoflow.utils.checkpoint import CACHE_HEADER, load_file, load_state_dict_file
 
 DATA = {"_target_": "infoflow.data.shapes.ShapesDataModule", "image_size": 64, "num_classes": 4, "num_train": 4000,
         "seed": 0, "batch_size": 64, "num_workers": 0}
@@ -110,19 +112,18 @@ def own_cache(tmp_path: Path):
         yield root
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "wrong-shape", "missing-keys"])
-def test_a_broken_estimator_cache_is_rebuilt(own_cache: Path, tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "c.pt"
+@pytest.mark.parametrize("kind", ["wrong-shape", "missing-keys", "nan"])
+def test_a_broken_own_estimator_cache_is_rebuilt(own_cache: Path, kind: str) -> None:
+    """A file infoflow wrote into its cache (header naming the file) that does not validate: deleted, rebuilt."""
+    path = own_cache / "estimators" / "c.pt"
     reference = fit_estimator(lambda x: x * 2, batches(), max_samples=20)
-    if kind == "garbage":
-        garbage(path)
-    elif kind == "truncated":
-        reference.save(path)
-        garbage(path, path.read_bytes())
-    elif kind == "wrong-shape":
-        Estimator((5,)).save(path)
+    if kind == "wrong-shape":
+        Estimator((5,)).save_cache(path)
+    elif kind == "missing-keys":
+        save_cached({"shape": torch.tensor([3])}, path)
     else:
-        torch.save({"shape": torch.tensor([3])}, path)
+        save_cached({**reference._state(), "s1": torch.full((3,), float("nan"))}, path)
+    assert load_file(path, keep_header=True)[CACHE_HEADER] == {"format": 1, "file": "c.pt"}
     with pytest.warns(CorruptCacheWarning, match=rf"cache file {path} is corrupt.*deleting it and rebuilding"):
         rebuilt = fit_estimator(lambda x: x * 2, batches(), max_samples=20, cache=path)
     assert torch.equal(rebuilt.mean, reference.mean) and rebuilt.n == 20
@@ -132,60 +133,123 @@ def test_a_broken_estimator_cache_is_rebuilt(own_cache: Path, tmp_path: Path, ki
     assert torch.equal(again.mean, reference.mean)
 
 
-def test_broken_default_weights_are_retrained(own_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def weights_copy(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ShapesNet(4).state_dict(), path)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "plain-estimator", "weights-copy", "renamed"])
+def test_a_foreign_file_under_a_cache_name_is_an_error_and_kept(own_cache: Path, kind: str) -> None:
+    """Inside the cache folder, a broken file without infoflow's header naming it (foreign, truncated,
+    a plain `Estimator.save`, another cache file moved there) is a DataError; its bytes stay."""
+    path = own_cache / "estimators" / "c.pt"
+    path.parent.mkdir(parents=True)
+    if kind == "garbage":
+        garbage(path)
+    elif kind == "truncated":
+        Estimator((5,)).save_cache(path)
+        garbage(path, path.read_bytes())
+    elif kind == "plain-estimator":
+        Estimator((5,)).save(path)
+    elif kind == "weights-copy":
+        weights_copy(path)
+    else:  # an own cache file of another name (e.g. default weights), copied under the estimator's name
+        save_cached(ShapesNet(4).state_dict(), own_cache / "shapesnet-c4.pt")
+        (own_cache / "shapesnet-c4.pt").rename(path)
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=rf"{path} does not hold a valid.*left untouched: remove it yourself"):
+            fit_estimator(lambda x: x * 2, batches(), max_samples=20, cache=path)
+    assert path.read_bytes() == before
+
+
+def test_broken_default_weights_are_retrained(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     fresh = ShapesNet(4).state_dict()
     calls = []
     monkeypatch.setattr(default_weights, "train_shapesnet", lambda n: calls.append(n) or fresh)  # minutes otherwise
-    for broken in (b"garbage", None):
-        path = pretrained.default_weights_path(4, tmp_path)
-        if broken is None:  # keys of another network
-            torch.save({"weight": torch.zeros(3)}, path)
-        else:
-            garbage(path)
-        with pytest.warns(CorruptCacheWarning, match="corrupt"):
-            state = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
-        assert all(torch.equal(state[k], fresh[k]) for k in fresh)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the retrained file loads cleanly
-            again = pretrained.default_state_dict("shapesnet", 4, root=tmp_path)
-        assert all(torch.equal(again[k], fresh[k]) for k in fresh)
-    assert calls == [4, 4]
+    path = pretrained.default_weights_path(4, own_cache)
+    save_cached({"weight": torch.zeros(3)}, path)  # an own file with keys of another network
+    with pytest.warns(CorruptCacheWarning, match="corrupt"):
+        state = pretrained.default_state_dict("shapesnet", 4, root=own_cache)
+    assert all(torch.equal(state[k], fresh[k]) for k in fresh) and CACHE_HEADER not in state
+    assert load_file(path, keep_header=True)[CACHE_HEADER]["file"] == path.name  # written with the header
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the retrained file loads cleanly
+        again = pretrained.default_state_dict("shapesnet", 4, root=own_cache)
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh)
+    assert calls == [4]
+    garbage(path)  # not recognisably infoflow's: kept, and an error
+    with pytest.raises(DataError, match=str(path)):
+        pretrained.default_state_dict("shapesnet", 4, root=own_cache)
+    assert path.read_bytes() == b"not a torch file" and calls == [4]
 
 
-def test_broken_delta_f2_and_decoder_files(own_cache: Path, tmp_path: Path) -> None:
+def test_a_legacy_cache_file_without_header_still_loads(own_cache: Path) -> None:
+    reference = fit_estimator(lambda x: x * 2, batches(), max_samples=20)
+    path = reference.save(own_cache / "c.pt")  # plain, as older versions wrote caches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = fit_estimator(lambda x: x * 0, batches(), max_samples=20, cache=path)
+    assert torch.equal(loaded.mean, reference.mean)
+
+
+def test_broken_delta_f2_and_decoder_files(own_cache: Path) -> None:
     model = get_model("shapesnet", "none", 4, (3, 32, 32))
     features = LayerFeatures(model.module, {"conv1": model.layer_path("conv1")}, (0.5,) * 3, (0.25,) * 3)
     x = torch.rand(2, 3, 32, 32)
-    first = delta_f2_for_model("shapesnet", "none", features, x, tmp_path / "df2", samples=2)
-    (path,) = (tmp_path / "df2").glob("*.pt")
-    garbage(path)
+    first = delta_f2_for_model("shapesnet", "none", features, x, own_cache / "df2", samples=2)
+    (path,) = (own_cache / "df2").glob("*.pt")
+    assert CACHE_HEADER in load_file(path, keep_header=True)
+    save_cached({"v_half": 1.0}, path)  # own, missing fields
     with pytest.warns(CorruptCacheWarning, match="corrupt"):
-        again = delta_f2_for_model("shapesnet", "none", features, x, tmp_path / "df2", samples=2)
+        again = delta_f2_for_model("shapesnet", "none", features, x, own_cache / "df2", samples=2)
     assert again == first and path.is_file()
+    garbage(path)
+    with pytest.raises(DataError, match=str(path)):
+        delta_f2_for_model("shapesnet", "none", features, x, own_cache / "df2", samples=2)
+    assert path.read_bytes() == b"not a torch file"
 
     decoder = LayerDecoder.for_layer(model, "conv2", (0.5,) * 3, (0.25,) * 3, width=8, num_blocks=1)
-    path = decoder.save(decoder_path(tmp_path / "dec", model.name, model.weights, "conv2", model.input_size))
-    assert set(load_decoders(tmp_path / "dec", model, ["conv2"])) == {"conv2"}
-    garbage(path, path.read_bytes())
+    path = decoder.save(decoder_path(own_cache / "dec", model.name, model.weights, "conv2", model.input_size))
+    assert set(load_decoders(own_cache / "dec", model, ["conv2"])) == {"conv2"}
+    record = load_file(path, keep_header=True)
+    save_cached({k: v for k, v in record.items() if k not in ("hparams", CACHE_HEADER)}, path)
     with pytest.warns(CorruptCacheWarning, match="corrupt"), pytest.raises(MissingDecoderError, match="conv2"):
-        load_decoders(tmp_path / "dec", model, ["conv2"])
+        load_decoders(own_cache / "dec", model, ["conv2"])
     assert not path.exists()
+    decoder.save(path)
+    garbage(path, path.read_bytes())  # truncated: no readable header, kept
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=str(path)):
+        load_decoders(own_cache / "dec", model, ["conv2"])
+    assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("named", ["weights", "text"])
+@pytest.mark.parametrize("named", ["weights", "text", "own-cache-file"])
 def test_a_user_named_file_that_is_no_estimator_is_an_error_and_kept(tmp_path: Path, named: str) -> None:
-    """``estimator_cache=<file>`` outside the cache folder: a DataError naming the file; its bytes stay."""
+    """``estimator_cache=<file>`` outside the cache folder: a DataError naming the file; its bytes stay, even
+    when it carries infoflow's header (a cache file the user copied there)."""
     path = tmp_path / "mine" / "model.pt"
     path.parent.mkdir()
     if named == "weights":
         torch.save(ShapesNet(4).state_dict(), path)
-    else:
+    elif named == "text":
         path.write_text("my notes")
+    else:
+        save_cached(ShapesNet(4).state_dict(), path)
     before = path.read_bytes()
     with using_cache_dir(tmp_path / "cache"), pytest.raises(DataError, match=rf"{path} does not hold a valid"):
         fit_estimator(lambda x: x * 2, batches(), max_samples=20, cache=path)
     assert path.read_bytes() == before
+
+
+def test_save_cached_header_is_invisible_to_loaders(tmp_path: Path) -> None:
+    path = save_cached({"a": torch.ones(2)}, tmp_path / "x.pt")
+    assert set(load_file(path)) == {"a"}
+    assert load_file(path, keep_header=True)[CACHE_HEADER] == {"format": 1, "file": "x.pt"}
+    assert set(load_state_dict_file(path)) == {"a"}
 
 
 def test_load_cached_leaves_good_and_missing_files_alone(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table
-from infoflow.studies.stages import read_done, run_stages, seeded, stage_config
+from infoflow.studies.stages import check_stages, read_done, run_stages, seeded, stage_config
 from infoflow.studies.study import AccuracyGateError, gate
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
@@ -174,6 +174,7 @@ def test_every_study_and_each_of_its_stages_composes(experiment: str, tmp_path: 
             for spec in study.task.stages.values():
                 if spec.kind == "evaluate":
                     assert spec.overrides["analysis.num_images"] >= 16
+            check_stages(study)  # every stage passes the entry points' check (paper data is absent here)
         for m in study.task.models:  # the compared networks exist and are built from the stages' outputs
             assert m.stage is None or m.stage in study.task.stages
             assert m.model in MODELS

@@ -34,8 +34,8 @@ from torch import nn
 from infoflow.discarding.features import LayerFeatures, model_fingerprint
 from infoflow.errors import UserError
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.cache import cache_file, cache_key, load_cached
-from infoflow.utils.checkpoint import atomic_save, load_file
+from infoflow.utils.cache import cache_file, cache_key, load_cached, save_cached
+from infoflow.utils.checkpoint import load_file
 
 #: the command that trains a missing decoder (format fields: model, layer, weights)
 TRAIN_COMMAND = "python train.py task=decoder model={model} layer={layer} weights={weights}"
@@ -179,7 +179,8 @@ class LayerDecoder(pl.LightningModule):
             checkpoint["encoder_fingerprint"] = model_fingerprint(self.encoder.model)
 
     def save(self, path: str | Path) -> Path:
-        """Write the decoder (architecture, weights, the encoder's fingerprint) atomically to `path`."""
+        """Write the decoder (architecture, weights, the encoder's fingerprint) atomically to `path`, as an
+        infoflow cache file (`utils.cache.save_cached`)."""
         hp = {k: self.hparams[k] for k in ("feature_shape", "image_shape", "width", "num_blocks")}
         fingerprint = model_fingerprint(self.encoder.model) if self.encoder is not None else None
         record = {
@@ -187,7 +188,7 @@ class LayerDecoder(pl.LightningModule):
             "state_dict": self.net.state_dict(),
             "encoder_fingerprint": fingerprint,
         }
-        return atomic_save(record, path)
+        return save_cached(record, path)
 
 
 def _plain(obj: Any) -> Any:

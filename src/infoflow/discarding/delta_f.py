@@ -32,10 +32,11 @@ from infoflow.utils.cache import (
     cache_key,
     ensure_writable,
     load_cached,
+    save_cached,
     tensor_digest,
     tensor_fingerprint,
 )
-from infoflow.utils.checkpoint import atomic_save, load_file
+from infoflow.utils.checkpoint import load_file
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class DeltaF2Cache:
         return load_cached(path, lambda p: DeltaF2(**load_file(p)))
 
     def put(self, path: Path, value: DeltaF2) -> None:
-        atomic_save(asdict(value), path)
+        save_cached(asdict(value), path)
 
 
 def delta_f2_for_model(

@@ -14,7 +14,7 @@ import torch
 from torchmetrics import Metric
 
 from infoflow.errors import DataError, InputError, NotFittedError
-from infoflow.utils.cache import ensure_writable, load_cached
+from infoflow.utils.cache import ensure_writable, load_cached, save_cached
 from infoflow.utils.checkpoint import CheckpointError, atomic_save, load_file
 from infoflow.utils.validation import check_finite
 
@@ -91,11 +91,19 @@ class Estimator(Metric):
     def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.mean, self.std, self.active
 
-    def save(self, path: str | Path) -> Path:
-        """Write the sums to `path` atomically; non-finite sums are never written."""
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The sums on the CPU; non-finite sums are an error (never written)."""
         self._check_finite()
         state = {"shape": torch.tensor(self.shape), "n": self.n, "s1": self.s1, "s2": self.s2, "nonzero": self.nonzero}
-        return atomic_save({k: v.detach().cpu() for k, v in state.items()}, path)
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the sums to `path` atomically (a plain file); non-finite sums are never written."""
+        return atomic_save(self._state(), path)
+
+    def save_cache(self, path: str | Path) -> Path:
+        """`save` as an infoflow cache file (with the header of `utils.cache.save_cached`)."""
+        return save_cached(self._state(), path)
 
     def load(self, path: str | Path) -> Estimator:
         """Load sums saved by `save`; the feature shape must match.
@@ -158,5 +166,5 @@ def fit_estimator(
     if estimator is None:
         raise DataError("no data to estimate the feature statistics from: the dataloader yielded no batch")
     if cache is not None:
-        estimator.save(cache)
+        estimator.save_cache(cache)
     return estimator

@@ -20,7 +20,7 @@ import torch
 from infoflow.errors import ConfigError
 from infoflow.models.entry import MODELS
 from infoflow.utils import cache
-from infoflow.utils.checkpoint import atomic_save, load_state_dict_file
+from infoflow.utils.checkpoint import load_state_dict_file
 
 #: bump "version" when the default data, model or recipe change, so stale caches are not reused.
 #: num_empty: no-object training images with fresh random labels, so that the model answers "no object"
@@ -42,6 +42,11 @@ DEFAULTS: dict[str, dict] = {"shapesnet": SHAPESNET_RECIPE, "shapesvit": SHAPESV
                              "resnet18": RESNET18_SHAPES_RECIPE}
 #: zoo model name -> ``trainer(num_classes) -> state dict`` of its default weights (registered by infoflow.tasks)
 TRAINERS: dict[str, Callable[[int], dict[str, torch.Tensor]]] = {}
+
+
+def default_weights_image_size(model: str) -> int:
+    """Height and width (px) of the shapes images that `model`'s default weights were trained on."""
+    return int(DEFAULTS[model].get("image_size", 64))
 
 
 def cache_dir() -> Path:
@@ -80,7 +85,7 @@ def default_state_dict(model: str, num_classes: int = 4, root: str | Path | None
         cache.ensure_writable(path.parent)
         print(f"[infoflow] training the default {model} on the built-in shapes data (first use; cached at {path})")
         state = TRAINERS[model](num_classes)
-        atomic_save(state, path)
+        cache.save_cached(state, path)
     return state
 
 

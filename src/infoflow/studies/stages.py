@@ -13,7 +13,7 @@ A stage is a mapping in ``task.stages``::
 stage's own, and keys of a group only the other primary config has are skipped). A finished stage
 writes ``done.json`` (its final metrics, wall time and the fingerprint of its resolved config) into its
 directory; `run_stages` skips such stages, so rerunning an interrupted study in the same directory resumes
-at the first stage that did not finish. A stage whose config changed since it finished runs again, and so
+at the first stage that did not finish. `check_stages` composes and checks every stage before the first runs. A stage whose config changed since it finished runs again, and so
 does every stage after a stage that ran. A ``train`` stage resumes its own fit from its last checkpoint.
 """
 
@@ -31,7 +31,8 @@ from hydra import compose
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from infoflow.cli.plugins import name_plugins
-from infoflow.errors import ConfigError
+from infoflow.cli.settings import check_config
+from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.utils.cache import digest as config_hash
 from infoflow.utils.checkpoint import atomic_write
 
@@ -143,6 +144,19 @@ def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictC
     if spec.kind == "train" and cfg.get("callbacks") and cfg.callbacks.get("model_checkpoint"):
         cfg.ckpt_path = "last"  # an interrupted fit goes on from its last checkpoint
     return cfg
+
+
+def check_stages(study: DictConfig) -> None:
+    """Compose every stage of ``study.task.stages`` and run `check_config` on it, so that a bad override in any
+    stage stops the study before its first stage runs. Files under the study's folder (what earlier stages
+    write, e.g. ``weights: ${paths.output_dir}/original/model.pt``) count as present."""
+    for name in study.task.stages:
+        cfg = stage_config(study, name)
+        try:
+            check_config(cfg, produced=study.paths.output_dir)
+        except UserError as err:
+            kind = DataError if isinstance(err, DataError) else ConfigError
+            raise kind(f"task.stages.{name} (stage {name} of the study): {err}") from None
 
 
 def read_done(directory: str | Path) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.models.zoo import get_model
 from infoflow.studies.report import build_report, epoch_layers, log_report, model_table, steps_check
 from infoflow.studies.robustness import minimal_targeted_l2
-from infoflow.studies.stages import run_stages, seeded, stage_config, stage_dir, study_seeds
+from infoflow.studies.stages import check_stages, run_stages, seeded, stage_config, stage_dir, study_seeds
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
@@ -147,6 +147,7 @@ class StudyTask(TrainingTask):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
+        check_stages(cfg)  # every stage's settings, before the first stage trains
         kinds = {n: cfg.task.stages[n].kind for n in cfg.task.stages}
         runs = {n: stage_seeds(cfg, n) for n in cfg.task.stages}
         train = [unit(n, s) for n in cfg.task.stages if kinds[n] == "train" for s in runs[n]]

@@ -13,10 +13,15 @@ use these, so two results that differ in any input never share a file.
   entry points apply with `using_cache_dir`; its default is ``$INFOFLOW_CACHE``, else
   ``~/.cache/infoflow`` (also for Python use without Hydra).
 
-Broken files: `load_cached` treats a file inside the cache folder that does not load or validate
-(truncated zip, unpickling error, missing keys, wrong shapes) as absent: it warns once, deletes it and
-the caller rebuilds. A file outside the cache folder was named by the user and is never deleted: a broken
-one is a `DataError`. `ensure_writable` checks a cache directory before any work that will write into it.
+Own files: every cache writer saves through `save_cached`, which writes atomically and puts infoflow's
+header (``checkpoint.CACHE_HEADER``: ``{"format": 1, "file": <file name>}``) into the saved dict; loaders never
+see it (`checkpoint.load_file` strips it).
+
+Broken files: `load_cached` deletes a file that does not load or validate (missing keys, wrong shapes, NaN)
+only when it is infoflow's own: inside the cache folder *and* carrying the header with its own file name.
+It warns once (`CorruptCacheWarning`) and the caller rebuilds. Any other broken file (no header, unreadable
+or truncated, renamed, outside the cache folder) may be the user's: it is left byte for byte untouched and
+is a `DataError` naming it. `ensure_writable` checks a cache directory before any work that writes into it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from infoflow.errors import DataError
+from infoflow.utils.checkpoint import CACHE_HEADER, atomic_save, load_file
 
 T = TypeVar("T")
 
@@ -47,6 +53,9 @@ LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "persistent_
 #: but not what an image looks like: a trained readout stays valid for the same images when they change.
 SELECTION_KEYS = frozenset({"num_train", "num_val", "num_test", "val_path", "val_fraction", "bbox_dir"})
 
+#: version of the cache header written by `save_cached`
+CACHE_FORMAT = 1
+
 #: named built-in weights -> function giving their current version for a zoo model name (registered by their
 #: maker); a model without such weights gets a ValueError
 WEIGHTS_VERSIONS: dict[str, Callable[[str], str]] = {}
@@ -55,7 +64,7 @@ _CACHE_DIR: Path | None = None
 
 
 class CorruptCacheWarning(UserWarning):
-    """A cache file could not be read; it is deleted and rebuilt."""
+    """One of infoflow's own cache files (see `is_own_cache_file`) does not load or validate; it is deleted and rebuilt."""
 
 
 def cache_dir() -> Path:
@@ -219,26 +228,49 @@ def is_in_cache_dir(path: str | Path) -> bool:
     return True
 
 
+def save_cached(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """Save the dict `obj` atomically at `path` with infoflow's cache header (``CACHE_HEADER``), which marks
+    the file as infoflow's own cache file (see `load_cached`); `checkpoint.load_file` strips the header."""
+    path = Path(path)
+    if CACHE_HEADER in obj:
+        raise ValueError(f"a cached dict must not hold the key {CACHE_HEADER!r}")
+    return atomic_save({**obj, CACHE_HEADER: {"format": CACHE_FORMAT, "file": path.name}}, path)
+
+
+def is_own_cache_file(path: str | Path) -> bool:
+    """Whether `path` is infoflow's own cache file: inside `cache_dir` and readable with infoflow's header
+    naming this very file (a renamed, foreign, truncated or headerless file is not)."""
+    path = Path(path)
+    if not is_in_cache_dir(path):
+        return False
+    try:
+        header = load_file(path, keep_header=True).get(CACHE_HEADER)
+    except Exception:  # noqa: BLE001  (unreadable: nothing proves that infoflow wrote it)
+        return False
+    return isinstance(header, dict) and header.get("file") == path.name
+
+
 def load_cached(path: str | Path, load: Callable[[Path], T], what: str = "cached result") -> T | None:
     """``load(path)``, or None when `path` is missing or is a broken file of infoflow's own cache.
 
     `load` reads and validates the file and raises on a bad one (unreadable, truncated, missing keys,
-    wrong shapes). A broken file inside the cache folder (`cache_dir`) gets one `CorruptCacheWarning` and is
-    deleted so that the caller rebuilds it. A file elsewhere was named by the user: it is never deleted or
-    overwritten, and a `DataError` says that it does not hold a `what`.
+    wrong shapes); a file that loads is used whether or not it has the header. A broken file that
+    `is_own_cache_file` gets one `CorruptCacheWarning` and is deleted so that the caller rebuilds it. Any
+    other broken file is never deleted or overwritten: a `DataError` names it and says what to do.
     """
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return load(path)
-    except Exception as err:  # noqa: BLE001  (any failure to read or validate means: rebuild)
-        reason = (str(err).strip().splitlines() or [""])[0]
-        if not is_in_cache_dir(path):
-            raise DataError(f"{path} does not hold a valid {what} ({type(err).__name__}: {reason}); it lies outside "
-                            f"infoflow's cache folder {cache_dir()}, so it is left untouched: name another file "
-                            "or remove it yourself") from None
-        warnings.warn(f"cache file {path} is corrupt ({type(err).__name__}: {reason}); deleting it and rebuilding",
-                      CorruptCacheWarning, stacklevel=2)
-        path.unlink(missing_ok=True)
-        return None
+    except Exception as err:  # noqa: BLE001  (any failure to read or validate)
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        if is_own_cache_file(path):
+            warnings.warn(f"cache file {path} is corrupt ({reason}); deleting it and rebuilding",
+                          CorruptCacheWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        why = ("it was not written by infoflow's cache (no readable infoflow header)" if is_in_cache_dir(path)
+               else f"it lies outside infoflow's cache folder {cache_dir()}")
+        raise DataError(f"{path} does not hold a valid {what} ({reason}); {why}, so it is left untouched: "
+                        "remove it yourself, or choose another path (or another paths.cache_dir)") from None

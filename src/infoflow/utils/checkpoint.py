@@ -13,6 +13,10 @@ import torch
 
 from infoflow.errors import DataError
 
+#: key of the header that infoflow's cache writers put into every cache file they save (a dict), so that a
+#: cache file is recognised as infoflow's own: ``{"format": 1, "file": <the file's name>}``
+CACHE_HEADER = "__infoflow_cache__"
+
 
 class CheckpointError(DataError, ValueError):
     """A checkpoint file that is missing, empty, corrupt, refused (it holds code) or not what it should be."""
@@ -22,10 +26,17 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """A checkpoint file that does not exist."""
 
 
-def load_file(path: str | Path) -> Any:
+def load_file(path: str | Path, *, keep_header: bool = False) -> Any:
     """`torch.load` with ``weights_only=True``; a missing, empty, corrupt or code-holding file is a
-    `CheckpointError` naming the file."""
-    path = Path(path)
+    `CheckpointError` naming the file. A loaded dict loses infoflow's cache header (`CACHE_HEADER`) unless
+    `keep_header`, so every loader reads cache files and plain files alike."""
+    obj = _load(Path(path))
+    if not keep_header and isinstance(obj, dict) and CACHE_HEADER in obj:
+        obj = {k: v for k, v in obj.items() if k != CACHE_HEADER}
+    return obj
+
+
+def _load(path: Path) -> Any:
     if not path.is_file():
         raise MissingCheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:

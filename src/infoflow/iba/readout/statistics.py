@@ -55,7 +55,7 @@ def fit_statistics(
     for name in todo:
         with estimators[name].sync_context(should_sync=world_size > 1):
             if rank == 0 and caches is not None:
-                estimators[name].save(caches[name])
+                estimators[name].save_cache(caches[name])
             synced = {key: value.clone() for key, value in estimators[name].metric_state.items()}
         for key, value in synced.items():  # keep the summed states (the context restores the local ones)
             setattr(estimators[name], key, value)
