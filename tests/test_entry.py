@@ -53,7 +53,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     ("train.py", "task=foo", "classifier, decoder, distill, prune, readout"),
     ("train.py", "data=foo", "shapes"),
     ("evaluate.py", "method=foo", "gradcam"),
-    ("evaluate.py", "analysis=foo", "coherency, heatmaps, layerwise, table1"),
+    ("evaluate.py", "analysis=foo", "coherency, grid, heatmaps, layerwise, table1"),
 ])
 def test_an_unknown_config_option_is_one_line_listing_the_choices(script: str, override: str, valid: str) -> None:
     assert_one_line_error(cli(script, override), override, "choose one of", valid)

@@ -267,7 +267,7 @@ def test_sid_schedules_chunk_the_elements() -> None:
     assert batched.chunks(elements, torch.device("cpu")) == [elements[:4], elements[4:]]
     for device in ("cpu", "cuda"):
         assert SIDConfig(samples=2, max_rows=8).chunks(elements, torch.device(device)) == [elements[:4], elements[4:]]
-    with pytest.raises(ConfigError, match="valid: auto, batched, per-layer"):
+    with pytest.raises(ConfigError, match="valid: batched, per-layer"):
         SIDConfig(schedule="fast")
 
 
