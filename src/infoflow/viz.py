@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -122,6 +123,12 @@ def plot_curves(
         ax.plot(x, y, label=name, marker="." if len(x) < 30 else None)
     if logx:
         ax.set_xscale("log")
+    return _finish_curves(fig, ax, xlabel, ylabel, title, path, provenance)
+
+
+def _finish_curves(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: str | Path,
+                   provenance: str) -> Path:
+    """Label, legend and grid of a curves plot, then save it (see `save_figure`)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -147,12 +154,7 @@ def plot_layer_curves(
         (line,) = ax.plot(x, mean, label=name, marker=".")
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xticks(x, list(layers), rotation=30 if len(layers) > 6 else 0, fontsize=7)
-    ax.set_xlabel(f"layer (bands: {band})")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path, provenance)
+    return _finish_curves(fig, ax, f"layer (bands: {band})", ylabel, title, path, provenance)
 
 
 def plot_matrix(
