@@ -2,8 +2,9 @@
 
 For one layer: ``PerSampleIBA.explain_grid`` (all betas of an image in one batched pass, the head once per
 image) against one ``explain`` call per beta, with the same noise. Prints the CPU model, thread count and
-precision, both times (best of ``--repeats``) measured side by side, their ratio, and the max abs difference
-of the heatmaps (must be rounding only).
+precision, both times (best of ``--repeats``) measured side by side, their ratio, each as a multiple of the
+arithmetic floor (the grid's FLOPs over the measured throughput of a large convolution, see
+`infoflow.utils.machine`), and the max abs difference of the heatmaps (must be rounding only).
 
     python benchmarks/bench_grid.py [--model resnet50 --layer conv3_4 --image-size 224] [--images 2]
         [--betas 0.1 1 10 100 1000] [--steps 10 --copies 10] [--batch-size 8] [--precision 32] [--repeats 2]
@@ -12,25 +13,13 @@ of the heatmaps (must be rounding only).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
 
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+from infoflow.utils.machine import conv_throughput, count_flops, describe
 
 
 def best(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -77,11 +66,14 @@ def main() -> None:
 
     t_grid, grid = best(lambda: iba.explain_grid(x, target, a.betas).heatmap, a.repeats)
     t_loop, ref = best(loop, a.repeats)
-    print(f"CPU: {cpu_model()}  threads: {torch.get_num_threads()}  precision: {iba.precision}  "
+    floor = count_flops(lambda: iba.explain_grid(x, target, a.betas)) / conv_throughput(iba.precision)
+    print(f"{describe(iba.precision)}  "
           f"model: {a.model}/{layer}  input: {tuple(model.input_size)}  images: {a.images}  betas: {len(a.betas)}  "
           f"steps x copies: {a.steps} x {a.copies}  batch_size: {a.batch_size}")
     print(f"grid (batched): {t_grid:.3f} s   loop of single-beta fits: {t_loop:.3f} s   "
           f"loop / grid = {t_loop / t_grid:.2f}x")
+    print(f"floor (FLOPs / conv throughput): {floor:.3f} s; grid {t_grid / floor:.2f}x the floor, "
+          f"loop {t_loop / floor:.2f}x")
     print(f"max |grid - loop| = {float((grid - ref).abs().max()):.3g} bits/pixel (max map {float(ref.max()):.3g})")
 
 

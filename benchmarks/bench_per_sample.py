@@ -34,7 +34,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from infoflow.data.shapes import ShapesDataModule, render_split
 from infoflow.iba.estimator import Estimator
@@ -42,6 +41,7 @@ from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.iba.reference import naive_per_sample
 from infoflow.models import get_model
 from infoflow.models.vit import TokenViT
+from infoflow.utils.machine import conv_throughput, count_flops, describe
 from infoflow.utils.precision import resolve_precision
 
 
@@ -67,25 +67,9 @@ def fidelity(maps: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float((a - b).abs().max()), corr
 
 
-def conv_throughput(precision: str, device: torch.device, repeats: int, size: int = 28, batch: int = 32) -> float:
-    """FLOP/s of a channels-last 3x3 convolution 256 -> 256 channels, `size`x`size`, `batch` images (the
-    machine's arithmetic floor for conv networks) in `precision` (a resolved precision)."""
-    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 256, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "16-mixed" else torch.float32
-    conv, x = conv.to(dtype), x.to(dtype)
-    with torch.no_grad():
-        conv(x)
-        seconds, _ = best_time(lambda: conv(x), max(repeats, 3), device)
-    return 2 * batch * 256 * 256 * 9 * size * size / seconds
-
-
 def fit_flops(method: PerSampleIBA, images: torch.Tensor, targets: torch.Tensor) -> float:
-    """FLOPs of one Per-Sample heatmap (head, every step's tail forward and input backward), counted by
-    `torch.utils.flop_counter.FlopCounterMode` on one image."""
-    with FlopCounterMode(display=False) as counter:
-        method.attribute(images[:1], targets[:1])
-    return float(counter.get_total_flops())
+    """FLOPs of one Per-Sample heatmap (head, every step's tail forward and input backward) on one image."""
+    return count_flops(lambda: method.attribute(images[:1], targets[:1]))
 
 
 def main() -> None:
@@ -143,6 +127,7 @@ def main() -> None:
     for m in reference.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = True
+    print(describe(", ".join(args.precisions), device))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {args.model} {args.layer} "
           f"({iba.layer}), {size[1]}x{size[2]} {args.data} images, {args.steps} steps x {args.copies} copies, weights={args.weights}, "
           f"best of {args.repeats}")

@@ -9,7 +9,7 @@ import torch
 
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
-from infoflow.utils.autotune import choose_chunk
+from infoflow.utils.autotune import choose_chunk, timed
 from infoflow.utils.cache import using_cache_dir
 
 
@@ -22,21 +22,41 @@ def test_the_fastest_per_item_candidate_is_chosen_and_cached(tmp_path) -> None:
 
     path = tmp_path / "autotune.json"
     messages: list[str] = []
-    assert choose_chunk({"kind": "t"}, run, candidates=(1, 4, 8), path=path, report=messages.append) == 4
+    assert choose_chunk({"kind": "t"}, timed(run), candidates=(1, 4, 8), path=path, report=messages.append) == 4
     assert sorted(set(calls)) == [1, 4, 8] and "chunk size 4" in messages[0]
     entry = next(iter(json.loads(path.read_text()).values()))
     assert entry["chunk"] == 4 and entry["key"]["threads"] == str(torch.get_num_threads())
     calls.clear()
-    assert choose_chunk({"kind": "t"}, run, candidates=(1, 4, 8), path=path) == 4 and calls == []  # cached
+    assert choose_chunk({"kind": "t"}, timed(run), candidates=(1, 4, 8), path=path) == 4 and calls == []  # cached
     # another key (or thread count) is measured again
-    assert choose_chunk({"kind": "u"}, run, candidates=(1, 2), path=path, report=messages.append) == 2
+    assert choose_chunk({"kind": "u"}, timed(run), candidates=(1, 2), path=path, report=messages.append) == 2
     assert len(json.loads(path.read_text())) == 2
+
+
+def test_larger_candidates_are_not_measured_once_one_is_much_slower(tmp_path) -> None:
+    measured: list[int] = []
+
+    def cost(c: int) -> float:  # seconds per call: per item 1.0, 0.5, then 4.0 at c=4; 8 and 16 never measured
+        measured.append(c)
+        return {1: 1.0, 2: 1.0, 4: 16.0}.get(c, 0.0)
+
+    chunk = choose_chunk({"kind": "g"}, cost, candidates=(16, 1, 8, 2, 4), path=tmp_path / "a.json", report=lambda m: None)
+    assert chunk == 2 and measured == [1, 2, 4]
+
+
+def test_the_timer_takes_the_best_call_after_a_warm_up() -> None:
+    durations = iter([0.2, 0.03, 0.01, 0.02])  # the warm-up (0.2) is not counted; the best timed call is
+
+    def run(c: int) -> None:
+        time.sleep(next(durations))
+
+    assert 0.01 <= timed(run, repeats=3)(1) < 0.02
 
 
 def test_a_corrupt_cache_file_is_measured_again(tmp_path) -> None:
     path = tmp_path / "autotune.json"
     path.write_text("{not json")
-    assert choose_chunk({"kind": "t"}, lambda c: None, candidates=(3,), path=path, report=lambda m: None) == 3
+    assert choose_chunk({"kind": "t"}, lambda c: 1.0, candidates=(3,), path=path, report=lambda m: None) == 3
     assert next(iter(json.loads(path.read_text()).values()))["chunk"] == 3
 
 

@@ -192,7 +192,7 @@ class LayerwiseCallback(EvaluationCallback):
             g = int(self.indices[p])
             x = x01[p : p + 1]
             sid = compute_sid(features, x, delta_f2, replace(self.sid_config, seed=image_seed(self.seed, g, "sid")),
-                              self.layers)
+                              self.layers, progress=False)  # inside Lightning's own bars
             ru = compute_ru(features, x, sid, decoders, self.ru_samples, image_seed(self.seed, g, "ru")) \
                 if decoders is not None else None
             part = mask[p : p + 1].cpu() if mask is not None else None

@@ -63,6 +63,7 @@ from infoflow.discarding.maps import ENTROPY_CONST, LayerMaps
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
 from infoflow.utils.precision import resolve_precision
+from infoflow.utils.progress import Advance, live_bars
 from infoflow.utils.validation import check_images
 
 #: entropy of a unit Gaussian, 0.5 * log(2 pi e), nats
@@ -179,8 +180,9 @@ class _Problem:
         elements: list[tuple[int, str]],
         scale: Mapping[str, float],
         cfg: SIDConfig,
+        advance: Advance = lambda key, amount=1: None,
     ) -> None:
-        self.features, self.x01, self.elements, self.cfg = features, x01, elements, cfg
+        self.features, self.x01, self.elements, self.cfg, self.advance = features, x01, elements, cfg, advance
         self.images = torch.tensor([n for n, _ in elements], device=x01.device)
         self.layers = [name for _, name in elements]
         self.targets = {name: clean[name] for name in dict.fromkeys(self.layers)}
@@ -227,6 +229,7 @@ class _Problem:
                     for e, s, k in chunk
                 ]).to(self.x01)
                 out.append(self.ratios(el, log_sigma[el], noise))
+                self.advance("rows", len(chunk) * e_draws)
         return torch.cat(out) if out else torch.empty(0, e_draws)
 
 
@@ -380,6 +383,7 @@ def _optimize(problem: _Problem) -> tuple[torch.Tensor, ...]:
         opt.step()
         sched.step()
         log_lam -= cfg.dual_lr * rho.detach().clamp_min(1e-12).log().clamp(-1.0, 1.0)
+        problem.advance("steps", 1)
     log_sigma = log_sigma.detach()
     return (log_sigma, log_lam.exp(), *_meet_constraint(problem, log_sigma))
 
@@ -390,6 +394,7 @@ def compute_sid(
     delta_f2: Mapping[str, float | DeltaF2],
     config: SIDConfig = SIDConfig(),
     layers: Sequence[str] | None = None,
+    progress: bool | None = None,
 ) -> SIDResult:
     """Constrained SID of every image in `images01` (N, C, H, W), [0, 1] pixel space, at `layers`.
 
@@ -397,6 +402,8 @@ def compute_sid(
         features: the network and its layers (all of them are analysed unless `layers` is given).
         delta_f2: layer name -> delta_f² (float or `DeltaF2`), e.g. from `delta_f2_for_model`.
         layers: a subset of `features.paths` (names), in the order wanted in the result.
+        progress: live bars over the steps and the projection's rows (`infoflow.utils.progress.live_bars`):
+            None on a terminal only, False never (e.g. inside Lightning's bars).
     """
     check_images(images01, dtype=next((p.dtype for p in features.parameters() if p.is_floating_point()), None))
     if images01.dim() != 4 or images01.shape[0] == 0:
@@ -421,9 +428,12 @@ def compute_sid(
     )
     scale = {n: cfg.alpha * v for n, v in df2.items()}
     parts = []
-    for chunk in cfg.chunks(elements, images01.device):
-        problem = _Problem(features, images01, clean, chunk, scale, cfg)
-        parts.append(_optimize(problem))
+    chunks = cfg.chunks(elements, images01.device)
+    bars = {"steps": (f"SID steps ({len(elements)} image x layer pairs)", cfg.steps * len(chunks), "steps"),
+            "rows": ("SID projection and fresh check", None, "rows")}
+    with live_bars(bars, progress) as advance:
+        for chunk in chunks:
+            parts.append(_optimize(_Problem(features, images01, clean, chunk, scale, cfg, advance)))
     log_sigma, *values = (torch.cat(t).cpu() for t in zip(*parts, strict=True))
     n, (h, w) = images01.shape[0], images01.shape[-2:]
     col = {name: j for j, name in enumerate(names)}
@@ -461,12 +471,13 @@ def layerwise_sid(
     tau: float = 1e-3,
     delta_f2_samples: int = 16,
     precision: str | int = 32,
+    progress: bool | None = None,
 ) -> SIDResult:
     """SID of a zoo model at `layers` (paper names; all conv layers by default).
 
     delta_f² comes from `cache_dir` when cached, else it is estimated (in fp32) on `delta_f2_images`
     (default: `images01`; pass a larger sample of the data set for a better average) and cached.
-    `precision`: of the network passes of the optimisation (module docstring).
+    `precision`: of the network passes of the optimisation (module docstring); `progress`: `compute_sid`'s.
     """
     model.check_inputs(images01)
     paths = resolve_layers(model, layers)
@@ -476,4 +487,4 @@ def layerwise_sid(
         model.name, model.weights, features, ref, cache_dir, tau, delta_f2_samples, config.seed
     )
     features.precision = resolve_precision(precision, images01.device)
-    return compute_sid(features, images01, df2, config)
+    return compute_sid(features, images01, df2, config, progress=progress)

@@ -33,7 +33,7 @@ from infoflow.iba.estimator import Estimator, NotEstimatedError, fit_estimator
 from infoflow.interface import METHODS, Attribution, check_inputs_and_target
 from infoflow.models.split import SplitModel
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.autotune import CANDIDATES, choose_chunk
+from infoflow.utils.autotune import CANDIDATES, choose_chunk, timed
 from infoflow.utils.modules import frozen
 from infoflow.utils.precision import autocast, prepare_network, resolve_precision, to_fp32
 from infoflow.utils.validation import check_batch_size, check_beta, check_count, check_number
@@ -210,7 +210,7 @@ class PerSampleIBA(Attribution):
             empty = IBAResult.empty(tuple(inputs.shape[-2:]), tuple(self.bottleneck.mean.shape), inputs.device)
             return IBAResult(*(t.unsqueeze(1).expand(0, nb, *t.shape[1:]) for t in
                                (empty.heatmap, empty.capacity, empty.prob_with, empty.prob_without)))
-        step = max(1, self.chunk_size(inputs, target) // nb)
+        step = max(1, self.chunk_size(inputs, target, n * nb) // nb)
         self._recorded: list[torch.Tensor] = []
         beta_row = torch.tensor(betas, dtype=torch.float32, device=inputs.device)
         parts = []
@@ -225,24 +225,39 @@ class PerSampleIBA(Attribution):
             self.step_capacity = torch.cat(self._recorded).unflatten(0, (n, nb))
         return IBAResult(*(torch.cat(p).unflatten(0, (n, nb)) for p in zip(*parts, strict=True)))
 
-    def chunk_size(self, inputs: torch.Tensor, target: torch.Tensor) -> int:
-        """Problems (image, beta) fitted at once: `batch_size`, or with ``"auto"`` the fastest of a few
-        candidates, timed once per (model, layer, input size, copies, device, precision, threads) with
-        2 steps on copies of the first image and cached (`infoflow.utils.autotune`). Exact either way."""
+    def chunk_size(self, inputs: torch.Tensor, target: torch.Tensor, problems: int | None = None) -> int:
+        """Problems (image, beta) fitted at once: `batch_size`, or with ``"auto"`` the fastest candidate up to
+        `problems` (default: the images), measured once per (model, layer, input size, copies, steps,
+        device, precision, threads) on copies of the first image and cached (`infoflow.utils.autotune`).
+
+        A fit of c problems costs ``fixed(c) + steps * per_step(c)`` (the head pass, then the steps), so each
+        candidate is timed at 1 and at 3 steps (best of 2 after a 1-step warm-up) and the two parts are
+        solved for: the choice is the fastest for the configured steps, at the cost of 9 steps per candidate.
+        Exact either way: the maps do not depend on the chunk size."""
         if isinstance(self.batch_size, int):
             return self.batch_size
+        problems = inputs.shape[0] if problems is None else problems
         key = {"kind": "per_sample", "model": self.model.name, "network": type(self.model.module).__name__,
-               "layer": self.layer, "input": list(inputs.shape[1:]), "copies": self.copies}
-        steps, record = self.steps, self.record_steps
+               "layer": self.layer, "input": list(inputs.shape[1:]), "copies": self.copies, "steps": self.steps}
         beta = torch.full((max(CANDIDATES),), float(self.beta), device=inputs.device)
 
-        def run(c: int) -> None:
+        def fit(c: int, steps: int, warmup: bool) -> float:
             x = inputs[:1].expand(c, *inputs.shape[1:]).contiguous()
-            self._fit_chunk(x, target[:1].expand(c), noise_generators(0, c, x.device), beta[:c])
+            self.steps = steps
+            return timed(lambda _: self._fit_chunk(x, target[:1].expand(c), noise_generators(0, c, x.device),
+                                                   beta[:c]), inputs.device, repeats=2, warmup=warmup)(c)
 
-        self.steps, self.record_steps = min(steps, 2), False
+        def cost(c: int) -> float:
+            one, three = fit(c, 1, warmup=True), fit(c, 3, warmup=False)
+            per_step = max(three - one, 0.0) / 2
+            return max(one - per_step, 0.0) + steps * per_step
+
+        steps, record = self.steps, self.record_steps
+        self.record_steps = False
+        candidates = [c for c in CANDIDATES if c <= max(problems, 1)]
+        key["candidates"] = candidates
         try:
-            return choose_chunk(key, run, inputs.device, self.precision)
+            return choose_chunk(key, cost, inputs.device, self.precision, candidates)
         finally:
             self.steps, self.record_steps = steps, record
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.autotune import choose_chunk
+from infoflow.utils.autotune import choose_chunk, timed
 from infoflow.utils.precision import autocast, fp32_linear, prepare_network
 
 #: images per pass that ``batch_size="auto"`` times
@@ -114,7 +114,7 @@ def run_perturbations(
             shape = list(build(torch.zeros(1, dtype=torch.long, device=device),
                                torch.zeros(1, dtype=torch.long, device=device)).shape[1:])
             key = {"kind": "perturbations", **(tune_key or {}), "shape": shape}
-            batch_size = choose_chunk(key, lambda c: chunk(0, c), device, precision,
+            batch_size = choose_chunk(key, timed(lambda c: chunk(0, c), device), device, precision,
                                       [c for c in PERTURB_CANDIDATES if c <= max(total, PERTURB_CANDIDATES[0])])
     assert isinstance(batch_size, int)
     out = [chunk(start, batch_size) for start in range(0, total, batch_size)]

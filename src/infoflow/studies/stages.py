@@ -35,6 +35,7 @@ from infoflow.cli.settings import check_config
 from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.utils.cache import digest as config_hash
 from infoflow.utils.checkpoint import atomic_write
+from infoflow.utils.progress import UnitProgress
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def run_stages(
     directory: Callable[[str], Path],
     config: Callable[[str], DictConfig | ListConfig],
     runner: Callable[[str, DictConfig], Mapping[str, Any] | None],
+    progress: UnitProgress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the stages `names` in order, skipping finished ones; return each stage's ``done.json`` record.
 
@@ -187,6 +189,7 @@ def run_stages(
         directory: stage name -> its run directory.
         config: stage name -> its composed config (fingerprinted: a changed config reruns the stage).
         runner: ``runner(name, cfg)`` runs one stage and returns its final metrics.
+        progress: counts each stage, run or skipped, and prints the study's bar line after it.
     A stage that raises leaves no ``done.json``: rerunning resumes at that stage.
     """
     records, rerun_rest = {}, False
@@ -198,6 +201,8 @@ def run_stages(
             log.info("stage %s: done before (%s), skipped", name, out / DONE)
             print(f"[study] {k}/{len(names)} stage {name}: already done, skipped ({out / DONE})")
             records[name] = done
+            if progress is not None:
+                progress.finished()
             continue
         if done is not None:
             reason = "an earlier stage ran again" if rerun_rest else "its settings changed"
@@ -210,4 +215,6 @@ def run_stages(
         atomic_write(out / DONE, lambda tmp, r=record: tmp.write_text(json.dumps(r, indent=2)))
         print(f"[study] stage {name}: done in {record['seconds']:.1f} s")
         records[name], rerun_rest = record, True
+        if progress is not None:
+            progress.finished()
     return records

@@ -32,6 +32,7 @@ from infoflow.studies.stages import check_stages, run_stages, seeded, stage_conf
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
+from infoflow.utils.progress import UnitProgress
 from infoflow.utils.tables import write_csv
 
 
@@ -165,9 +166,10 @@ class StudyTask(TrainingTask):
         directory = lambda key: stage_dir(cfg, *split[key])  # noqa: E731
         try:  # every classifier is trained and gated before any SID is computed
             config = lambda key: stage_config(cfg, *split[key])  # noqa: E731
-            records = run_stages(train, directory, config, runner)
+            progress = UnitProgress(len(train) + len(rest))
+            records = run_stages(train, directory, config, runner, progress)
             gate(cfg, records)
-            records.update(run_stages(rest, directory, config, runner))
+            records.update(run_stages(rest, directory, config, runner, progress))
         except AccuracyGateError:
             raise
         except BaseException:

@@ -3,7 +3,9 @@
 Where infoflow splits independent work into chunks of a fixed number of items (Per-Sample fits, metric
 perturbations), the fastest chunk size depends on the machine, the network, the input size and the
 precision, and batching may be slower than one item at a time (cache pressure on CPUs). `choose_chunk`
-times ``run(c)`` for each candidate c (seconds per item, best of `repeats`), picks the fastest, reports it
+measures the cost of each candidate c (seconds per item: `timed` takes the best of a few calls after a
+warm-up; a caller may model the cost instead, e.g. the Per-Sample fit's fixed and per-step parts measured
+apart), picks the fastest, reports it
 and stores it in ``<cache dir>/autotune.json`` (atomic write) under a digest of the key plus the device,
 the precision and the thread count, so the measurement runs once per setting. Batching is exact, so the
 choice changes the speed only, never the results.
@@ -24,11 +26,14 @@ from infoflow.utils.checkpoint import atomic_write
 
 CANDIDATES = (1, 2, 4, 8, 16)
 FILE = "autotune.json"
+#: the way choices are measured; part of the cache key, so a change measures again
+VERSION = 2
 
 
 def full_key(key: Mapping[str, Any], device: torch.device | str, precision: str) -> dict[str, Any]:
     """`key` with the device, precision and thread count that the timing depends on."""
-    return {**key, "device": str(device), "precision": str(precision), "threads": torch.get_num_threads()}
+    return {**key, "device": str(device), "precision": str(precision), "threads": torch.get_num_threads(),
+            "version": VERSION}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -44,21 +49,43 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(
+    run: Callable[[int], Any], device: torch.device | str = "cpu", repeats: int = 3, warmup: bool = True
+) -> Callable[[int], float]:
+    """A cost for `choose_chunk`: the shortest wall time (s) of `repeats` calls ``run(c)``, after one untimed
+    warm-up call (the allocator's and the kernels' first use) with `warmup`."""
+
+    def seconds(c: int) -> float:
+        if warmup:
+            run(c)
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            run(c)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return seconds
+
+
 def choose_chunk(
     key: Mapping[str, Any],
-    run: Callable[[int], Any],
+    cost: Callable[[int], float],
     device: torch.device | str = "cpu",
     precision: str = "32",
     candidates: Sequence[int] = CANDIDATES,
-    repeats: int = 1,
     path: str | Path | None = None,
     report: Callable[[str], None] = print,
+    give_up: float = 1.5,
 ) -> int:
-    """The chunk size among `candidates` with the least time per item for ``run(c)`` (c items per call).
+    """The chunk size among `candidates` (ascending) with the least time per item, ``cost(c) / c``.
 
-    Cached in `path` (default ``<cache dir>/autotune.json``) under the digest of ``full_key(key, ...)``;
-    a cached choice is returned without timing. Each candidate runs once untimed (warm-up), then
-    `repeats` timed calls.
+    `cost(c)`: the seconds one call with c items takes (e.g. `timed`). Larger candidates are not measured
+    once a candidate is `give_up` times slower per item than the best so far (a chunk that big only gets
+    slower, and timing it would cost the most). Cached in `path` (default ``<cache dir>/autotune.json``)
+    under the digest of ``full_key(key, ...)``; a cached choice is returned without measuring.
     """
     path = Path(path) if path is not None else cache_dir() / FILE
     entry = full_key(key, device, precision)
@@ -67,16 +94,10 @@ def choose_chunk(
     if isinstance(cached, dict) and isinstance(cached.get("chunk"), int):
         return int(cached["chunk"])
     per_item: dict[int, float] = {}
-    for c in candidates:
-        run(c)  # warm-up: allocator, kernels' first use
-        best = float("inf")
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            run(c)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        per_item[c] = best / c
+    for c in sorted(set(candidates)):
+        per_item[c] = cost(c) / c
+        if per_item[c] > give_up * min(per_item.values()):
+            break
     chunk = min(per_item, key=per_item.__getitem__)
     data = _load(path)  # re-read: another process may have added entries meanwhile
     data[name] = {"chunk": chunk, "key": {k: str(v) for k, v in entry.items()},
