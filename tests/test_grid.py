@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import compose_config
+from scipy import stats
 
 from infoflow.analyses import run_analysis
-from infoflow.analyses.grid import grid_artefact
+from infoflow.analyses.grid import grid_artefact, summarise
 from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
+from infoflow.stats import BootstrapSettings
 
 
 def _fitted(layer: str = "conv3", **kwargs) -> tuple[PerSampleIBA, torch.Tensor]:
@@ -73,6 +76,9 @@ def test_grid_analysis_writes_figures_csv_and_summary(tmp_path, random_shapesnet
     assert (df["mean_bits_per_pixel"] * 64 * 64 - df["total_bits"]).abs().max() < 1e-3 * df["total_bits"].max()
     summary = pd.read_csv(tmp_path / "grid_summary.csv")
     assert list(summary["layer"]) == ["conv2", "conv2", "conv3", "conv3"]
+    tolerated = summary[summary["beta"].notna()]
+    assert (tolerated["prob_change_low"] <= tolerated["prob_change"]).all()
+    assert (tolerated["inside_outside_ratio_low"] <= tolerated["inside_outside_ratio_high"]).all()
     assert {p.name for p in (tmp_path / "grid").glob("*.png")} == {
         "0000_sigma0.png", "0000_sigma2.png", "0001_sigma0.png", "0001_sigma2.png", "steps_conv2.png"}
 
@@ -100,3 +106,28 @@ def test_folded_fp32_path_equals_the_plain_fp32_fit_to_rounding() -> None:
     target = torch.tensor([0, 1, 2])
     a, b = plain.explain(images[:3], target).heatmap, folded.explain(images[:3], target).heatmap
     assert torch.allclose(a, b, atol=1e-3 * float(a.max()), rtol=1e-3)
+
+
+def test_the_summary_gives_the_largest_tolerated_beta_with_intervals_over_images() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for image in range(12):
+        p0 = 0.9 + 0.05 * rng.random()
+        for beta, drop in ((1.0, 0.01), (10.0, 0.03), (100.0, 0.3)):  # beta 100 loses more than the tolerance
+            rows.append({"image": image, "layer": "conv2", "sigma": 1.0, "beta": beta, "prob_without": p0,
+                         "prob_with": p0 - drop - 0.01 * rng.random(), "mean_bits_per_pixel": beta * rng.random(),
+                         "inside_outside_ratio": 2 + rng.random()})
+    df = pd.DataFrame(rows)
+    boot = BootstrapSettings(method="t")
+    row = summarise(df, 0.05, boot).iloc[0]
+    at = df[df.beta == 10.0]
+    drop = at.prob_with - at.prob_without
+    low, high = stats.t.interval(0.95, len(at) - 1, loc=drop.mean(), scale=stats.sem(drop))  # independent
+    assert row["beta"] == 10.0 and row["images"] == 12
+    assert row["prob_change"] == pytest.approx(drop.mean()) and row["prob_change_low"] == pytest.approx(low)
+    assert row["prob_change_high"] == pytest.approx(high) and row["prob_change_high"] < 0
+    ratio = at.inside_outside_ratio
+    assert row["inside_outside_ratio_low"] < ratio.mean() < row["inside_outside_ratio_high"]
+    assert row["inside_outside_ratio_high"] - row["inside_outside_ratio_low"] == pytest.approx(
+        2 * stats.t.ppf(0.975, 11) * stats.sem(ratio))
+    assert "mask_ratio" not in row  # no masks: no column

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoflow.builders import build_loggers
 from infoflow.data.base import ImageDataModule
+from infoflow.stats import BootstrapSettings
 from infoflow.utils.tables import write_csv
 from infoflow.utils.validation import check_choice, check_common, check_count
 
@@ -29,6 +30,11 @@ def check_settings(cfg: DictConfig) -> None:
     for scope, name in ((cfg, "target"), (cfg.analysis, "analysis.target")):
         if scope.get("target") is not None:
             check_choice(scope.target, name, TARGETS)
+
+
+def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
+    """`BootstrapSettings` of an ``analysis.bootstrap`` block (level, n_resamples, seed, method)."""
+    return BootstrapSettings(**OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
 
 def provenance(cfg: DictConfig) -> str:

@@ -4,7 +4,8 @@ All betas of a layer are fitted in one batched pass (`PerSampleIBA.explain_grid`
 figure with rows = layers and columns = beta, each panel with its colour bar in bits/pixel and
 p(y|x, beta) in its title; ``grid.csv`` with a row per (image, layer, sigma, beta); ``grid_summary.csv``
 with, per layer, the largest beta whose mean p stays within ``analysis.tolerance`` of the mean p without
-the bottleneck, and the localisation there. With ``analysis.record_steps`` the capacity map of every
+the bottleneck, and there the change in p and the localisation, each with an ``analysis.bootstrap`` interval
+over the images. With ``analysis.record_steps`` the capacity map of every
 optimisation step of ``analysis.steps_layer`` is drawn, rows = sigma, columns = steps (Fig. 9).
 """
 
@@ -21,11 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses import ANALYSES
-from infoflow.analyses.common import evaluation_batches, log_results, output_dir, provenance
+from infoflow.analyses.common import bootstrap_settings, evaluation_batches, log_results, output_dir, provenance
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.metrics.mask_ratio import MaskRatio
+from infoflow.stats import BootstrapSettings, mean_interval, paired_difference
 from infoflow.utils.validation import check_beta, check_number
 from infoflow.viz import save_figure
 
@@ -103,9 +105,11 @@ def plot_steps(steps: torch.Tensor, sigmas: list[float], title: str, path: Path,
     return save_figure(fig, path, prov, tight=False)
 
 
-def summarise(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+def summarise(df: pd.DataFrame, tolerance: float, boot: BootstrapSettings = BootstrapSettings()) -> pd.DataFrame:
     """Per (layer, sigma): the largest beta whose mean p with the bottleneck is >= mean p without minus
-    `tolerance`, and the localisation (mean inside/outside and mask ratio, where present) at that beta."""
+    `tolerance`, and at that beta, each as a mean over images with its `boot` interval (``_low``, ``_high``):
+    the paired change in p (``prob_change``: p with - p without, on the same images), the mean bits/pixel
+    and the localisation (inside/outside ratio and mask ratio, where the data have masks)."""
     rows = []
     for (layer, sigma), sel in df.groupby(["layer", "sigma"], sort=False):
         means = sel.groupby("beta").mean(numeric_only=True).sort_index()
@@ -113,12 +117,14 @@ def summarise(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
         row: dict[str, Any] = {"layer": layer, "sigma": sigma, "tolerance": tolerance, "images": sel["image"].nunique()}
         if len(ok):
             beta = float(ok.index.max())
+            at = sel[sel["beta"] == beta].sort_values("image")
             row.update({"beta": beta, "prob_with": float(ok.loc[beta, "prob_with"]),
-                        "prob_without": float(ok.loc[beta, "prob_without"]),
-                        "mean_bits_per_pixel": float(ok.loc[beta, "mean_bits_per_pixel"])})
-            for col in ("inside_outside_ratio", "mask_ratio"):
-                if col in ok:
-                    row[col] = float(ok.loc[beta, col])
+                        "prob_without": float(ok.loc[beta, "prob_without"])})
+            interval = {"level": boot.level, "seed": boot.seed, "method": boot.method, "n_resamples": boot.n_resamples}
+            row.update(paired_difference(at["prob_without"], at["prob_with"], **interval).as_dict("prob_change"))
+            for col in ("mean_bits_per_pixel", "inside_outside_ratio", "mask_ratio"):
+                if col in at:
+                    row.update(mean_interval(at[col], **interval).as_dict(col))
         else:
             row["beta"] = math.nan
         rows.append(row)
@@ -144,6 +150,7 @@ def _settings(cfg: DictConfig) -> tuple[list[str], list[float], list[float]]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     layers, betas, sigmas = _settings(cfg)
     a = cfg.analysis
+    boot = bootstrap_settings(a.bootstrap)  # checked before any work
     steps_layer = a.steps_layer or layers[0]
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
@@ -206,7 +213,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             figs9.append(plot_steps(steps, sigmas, f"capacity over the steps @ {cfg.model.name}/{layer}, "
                                     f"β={betas[0]:g}/k, image 0", out / f"steps_{layer}.png", prov))
     df = pd.DataFrame(rows)
-    summary_table = summarise(df, float(a.tolerance))
+    summary_table = summarise(df, float(a.tolerance), boot)
     pngs = []
     images = torch.cat([dm.denormalize(b["image"]) for b in batches])
     assert pw is not None

@@ -39,7 +39,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses import ANALYSES
-from infoflow.analyses.common import evaluation_batches, log_results, output_dir, provenance
+from infoflow.analyses.common import (
+    bootstrap_settings,
+    evaluation_batches,
+    log_results,
+    output_dir,
+    provenance,
+)
 from infoflow.builders import build_datamodule, build_model
 from infoflow.data.base import ImageDataModule
 from infoflow.discarding import (
@@ -54,7 +60,6 @@ from infoflow.discarding import (
 from infoflow.discarding.decoder import TRAIN_COMMAND
 from infoflow.layer_report import layer_rows, paired_differences, summarize
 from infoflow.models.zoo import ZooModel, get_model
-from infoflow.stats import BootstrapSettings
 from infoflow.utils.tables import to_markdown_table, write_markdown
 from infoflow.viz import plot_grid, plot_layer_curves
 
@@ -101,11 +106,6 @@ def want_ru(label: str, model: ZooModel, layers: Sequence[str], decoder_dir: str
         commands = "\n  ".join(TRAIN_COMMAND.format(model=model.name, layer=m, weights=model.weights) for m in missing)
         print(f"RU skipped for {label}: no trained decoder in {decoder_dir} for {missing}. Train them with:\n  {commands}")
     return not missing
-
-
-def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
-    """`BootstrapSettings` of ``analysis.bootstrap`` (level, n_resamples, seed, method)."""
-    return BootstrapSettings(**OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
 
 def curve_figures(summary_df: pd.DataFrame, diffs: pd.DataFrame, out: Path, prov: str, level: float) -> list[Path]:
