@@ -57,6 +57,14 @@ def test_stage_runner_skips_finished_stages_and_resumes_after_a_failure(tmp_path
     assert calls == []  # everything done: nothing runs
 
 
+def test_every_stage_line_ends_with_the_study_bar(tmp_path: Path, capsys) -> None:
+    _stages(tmp_path, ["a", "b"], None, [])()
+    _stages(tmp_path, ["a", "b"], None, [])()  # skipped stages count too
+    ends = [line.split("  ")[-1].split()[1] for line in capsys.readouterr().out.splitlines()
+            if "done in" in line or "skipped" in line]
+    assert ends == ["1/2", "2/2", "1/2", "2/2"]
+
+
 def test_a_changed_stage_runs_again_with_every_stage_after_it(tmp_path: Path) -> None:
     names, calls = ["a", "b", "c"], []
     _stages(tmp_path, names, None, calls)()

@@ -22,7 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infoflow.analyses import ANALYSES
-from infoflow.analyses.common import bootstrap_settings, evaluation_batches, log_results, output_dir, provenance
+from infoflow.analyses.common import (
+    bootstrap_settings,
+    evaluation_batches,
+    log_results,
+    output_dir,
+    provenance,
+)
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
@@ -105,11 +111,12 @@ def plot_steps(steps: torch.Tensor, sigmas: list[float], title: str, path: Path,
     return save_figure(fig, path, prov, tight=False)
 
 
-def summarise(df: pd.DataFrame, tolerance: float, boot: BootstrapSettings = BootstrapSettings()) -> pd.DataFrame:
+def summarise(df: pd.DataFrame, tolerance: float, boot: BootstrapSettings | None = None) -> pd.DataFrame:
     """Per (layer, sigma): the largest beta whose mean p with the bottleneck is >= mean p without minus
     `tolerance`, and at that beta, each as a mean over images with its `boot` interval (``_low``, ``_high``):
     the paired change in p (``prob_change``: p with - p without, on the same images), the mean bits/pixel
     and the localisation (inside/outside ratio and mask ratio, where the data have masks)."""
+    boot = boot or BootstrapSettings()
     rows = []
     for (layer, sigma), sel in df.groupby(["layer", "sigma"], sort=False):
         means = sel.groupby("beta").mean(numeric_only=True).sort_index()

@@ -189,32 +189,30 @@ def run_stages(
         directory: stage name -> its run directory.
         config: stage name -> its composed config (fingerprinted: a changed config reruns the stage).
         runner: ``runner(name, cfg)`` runs one stage and returns its final metrics.
-        progress: counts each stage, run or skipped, and prints the study's bar line after it.
+        progress: counts the stages, run or skipped, across calls (a study's bar line follows each stage's
+            last line; default: these stages alone).
     A stage that raises leaves no ``done.json``: rerunning resumes at that stage.
     """
     records, rerun_rest = {}, False
-    for k, name in enumerate(names, 1):
+    progress = progress or UnitProgress(len(names))
+    for name in names:
         cfg, out = config(name), directory(name)
         fingerprint = config_hash(OmegaConf.to_container(cfg, resolve=False))
         done = read_done(out)
         if done is not None and done.get("fingerprint") == fingerprint and not rerun_rest:
             log.info("stage %s: done before (%s), skipped", name, out / DONE)
-            print(f"[study] {k}/{len(names)} stage {name}: already done, skipped ({out / DONE})")
+            print(f"[study] stage {name}: already done, skipped ({out / DONE})  {progress.finished()}")
             records[name] = done
-            if progress is not None:
-                progress.finished()
             continue
         if done is not None:
             reason = "an earlier stage ran again" if rerun_rest else "its settings changed"
             print(f"[study] stage {name}: runs again ({reason})")
-        print(f"[study] {k}/{len(names)} stage {name}: running into {out}")
+        print(f"[study] stage {name}: running into {out}")
         start = time.perf_counter()
         metrics = runner(name, cfg)
         record = {"stage": name, "metrics": _jsonable(metrics), "seconds": round(time.perf_counter() - start, 2),
                   "fingerprint": fingerprint, "output_dir": str(out)}
         atomic_write(out / DONE, lambda tmp, r=record: tmp.write_text(json.dumps(r, indent=2)))
-        print(f"[study] stage {name}: done in {record['seconds']:.1f} s")
+        print(f"[study] stage {name}: done in {record['seconds']:.1f} s  {progress.finished()}", flush=True)
         records[name], rerun_rest = record, True
-        if progress is not None:
-            progress.finished()
     return records

@@ -63,14 +63,12 @@ def _clock(seconds: float) -> str:
 
 
 class UnitProgress:
-    """Counts finished units (a study's stage x seed runs) and prints a bar line after each."""
+    """Counts finished units (a study's stage x seed runs) for the bar line printed after each."""
 
-    def __init__(self, total: int, label: str = "[study]") -> None:
-        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
 
     def finished(self) -> str:
-        """Count one unit; the bar line, printed."""
+        """Count one unit; its bar line (`bar_line`)."""
         self.done += 1
-        line = f"{self.label} {bar_line(self.done, self.total, time.perf_counter() - self.start)}"
-        print(line, flush=True)
-        return line
+        return bar_line(self.done, self.total, time.perf_counter() - self.start)
