@@ -7,7 +7,9 @@ gradients (rows are dropped after their layer, so a row's cost depends on it). T
 ``sum over (layer, grad) of rows x the measured cost of one row`` (the same network, `max_rows` rows per pass,
 best of 3), so the ratio wall / floor is what batching, Python and the optimiser's bookkeeping add; fewer
 rows, not faster rows, is the lever where it is near 1. The fresh ratio is rho = E||h(x') - f||² /
-(alpha delta_f²) re-estimated on draws SID's projection never saw: it should be 1 within tol.
+(alpha delta_f²) re-estimated on draws SID's projection never saw: it should be 1 within tol. Last, the cost
+of one row at the deepest layer for several rows per pass (``--rows``), with and without gradients, relative
+to `max_rows`: how much a different chunk size could save.
 
     python benchmarks/bench_sid_rows.py [--settings default study] [--images 4] [--precision 32]
 """
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["default", "study"], choices=["default", "study"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--precision", default="32")
+    parser.add_argument("--rows", type=int, nargs="*", default=[32, 64, 128, 256, 512, 1024],
+                        help="rows per pass to time at the deepest layer (the max_rows choice)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     dm = ShapesDataModule(num_classes=4, num_test=32)
@@ -124,6 +128,14 @@ def main() -> None:
         print(f"rows: {grad_rows:,} with gradients, {sum(rows.values()) - grad_rows:,} without; "
               f"wall {wall:.2f} s, row floor {floor:.2f} s: {wall / floor:.2f}x the floor; "
               f"{int(sid.converged.sum())}/{sid.converged.numel()} (image, layer) pairs within tol on fresh draws")
+    if args.rows:
+        deepest = features.order[-1]
+        print(f"\nseconds per row at {deepest} by rows per pass (relative to max_rows={cfg.max_rows}):")
+        for grad in (True, False):
+            costs = {r: row_cost(features, x01, deepest, grad, r) for r in sorted({*args.rows, cfg.max_rows})}
+            ref = costs[cfg.max_rows]
+            print(f"  {'with' if grad else 'without'} gradients: " + ", ".join(
+                f"{r}: {c * 1e6:.0f} us ({c / ref:.2f}x)" for r, c in costs.items()))
 
 
 if __name__ == "__main__":
