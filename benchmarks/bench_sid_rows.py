@@ -5,7 +5,7 @@ setting and at a study's (the ``layerwise`` stage of ``experiment=distillation_s
 configs, so the benchmark follows them). Every row SID forwards is counted per layer, with and without
 gradients (rows are dropped after their layer, so a row's cost depends on it). The floor is
 ``sum over (layer, grad) of rows x the measured cost of one row`` (the same network, `max_rows` rows per pass,
-best of 3), so the ratio wall / floor is what batching, Python and the optimiser's bookkeeping add; fewer
+best of 3, at SID's own `max_rows`, resolved first where it is ``auto``), so the ratio wall / floor is what batching, Python and the optimiser's bookkeeping add; fewer
 rows, not faster rows, is the lever where it is near 1. The fresh ratio is rho = E||h(x') - f||² /
 (alpha delta_f²) re-estimated on draws SID's projection never saw: it should be 1 within tol. Last, the cost
 of one row at the deepest layer for several rows per pass (``--rows``), with and without gradients, relative
@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from infoflow.data.shapes import ShapesDataModule
 from infoflow.discarding import LayerFeatures, SIDConfig, compute_sid, estimate_delta_f2, resolve_layers
+from infoflow.discarding.sid import resolve_max_rows
 from infoflow.models.zoo import get_model
 from infoflow.utils.machine import describe
 from infoflow.utils.precision import resolve_precision
@@ -110,6 +111,7 @@ def main() -> None:
         df2 = estimate_delta_f2(features, images01[:16], tau=1e-3, samples=16)
         features.precision = precision
         x01 = images01[: args.images]
+        cfg = resolve_max_rows(features, x01, list(paths), cfg)  # auto: measured (or cached) outside the timing
         with counting(features) as rows:
             start = time.perf_counter()
             sid = compute_sid(features, x01, df2, cfg)
@@ -118,7 +120,8 @@ def main() -> None:
         floor = sum(n * per_row[key] for key, n in rows.items())
         grad_rows = sum(n for (_, g), n in rows.items() if g)
         print(f"\n{name}: {args.images} images x layers {sid.layers}; steps {cfg.steps} x {cfg.samples} draws, "
-              f"eval_samples {cfg.eval_samples}, max_eval_samples {cfg.max_eval_samples}, tol {cfg.tol}")
+              f"eval_samples {cfg.eval_samples}, max_eval_samples {cfg.max_eval_samples}, tol {cfg.tol}, "
+              f"max_rows {cfg.max_rows}")
         print("| layer | rows with gradients | rows without | fresh ratio: mean (min-max) | projection draws (mean) |")
         print("|---|---|---|---|---|")
         for j, layer in enumerate(sid.layers):

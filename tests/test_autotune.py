@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import torch
 
 from infoflow.iba.per_sample import PerSampleIBA
@@ -96,3 +97,27 @@ def test_auto_perturbation_batches_give_the_same_values(tmp_path, monkeypatch) -
         auto = run_perturbations(forward, build, 3, 20, "auto", torch.device("cpu"), tune_key={"net": "t"})
     assert auto.shape == (3, 20, 2) and torch.allclose(auto, fixed, atol=1e-6)
     assert (tmp_path / "autotune.json").exists()
+
+
+def test_sid_auto_rows_are_measured_once_and_leave_the_result_unchanged(tmp_path) -> None:
+    from infoflow.discarding import LayerFeatures, SIDConfig, compute_sid, estimate_delta_f2
+    from infoflow.discarding.sid import ROW_CANDIDATES, resolve_max_rows
+    from infoflow.errors import ConfigError
+    from tests.test_discarding import LAYERS, MEAN, STD, small_cnn, smooth_images
+
+    net, x = small_cnn(), smooth_images(6)
+    features = LayerFeatures(net, LAYERS, MEAN, STD)
+    df2 = {k: v.value for k, v in estimate_delta_f2(features, x, samples=4).items()}
+    with using_cache_dir(tmp_path):
+        auto = SIDConfig(steps=6, eval_samples=8, max_rows="auto")
+        chosen = resolve_max_rows(features, x, list(LAYERS), auto).max_rows
+        assert chosen in ROW_CANDIDATES[:2]  # capped at the 6 x 3 x 4 = 72 rows one step needs
+        entry = next(iter(json.loads((tmp_path / "autotune.json").read_text()).values()))
+        assert entry["chunk"] == chosen and entry["key"]["kind"] == "sid_rows"
+        fixed = compute_sid(features, x, df2, SIDConfig(steps=6, eval_samples=8, max_rows=chosen))
+        tuned = compute_sid(features, x, df2, auto)  # the cached choice
+        small = compute_sid(features, x, df2, SIDConfig(steps=6, eval_samples=8, max_rows=8))
+    assert torch.equal(tuned.log_sigma, fixed.log_sigma)
+    assert torch.allclose(small.log_sigma, fixed.log_sigma, atol=1e-4)
+    with pytest.raises(ConfigError, match="sid.max_rows"):
+        SIDConfig(max_rows="fast")

@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 
 import torch
@@ -62,14 +62,17 @@ from infoflow.discarding.features import LayerFeatures, noise_generator, resolve
 from infoflow.discarding.maps import ENTROPY_CONST, LayerMaps
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
+from infoflow.utils.autotune import choose_chunk, timed
 from infoflow.utils.precision import resolve_precision
 from infoflow.utils.progress import Advance, live_bars
-from infoflow.utils.validation import check_images
+from infoflow.utils.validation import check_batch_size, check_images
 
 #: entropy of a unit Gaussian, 0.5 * log(2 pi e), nats
 ALPHA = 1.5e-4
 #: valid `SIDConfig.schedule` values
 SCHEDULES = ("batched", "per-layer")
+#: rows per pass that ``max_rows="auto"`` chooses from
+ROW_CANDIDATES = (32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,10 @@ class SIDConfig:
         target_se: wanted Monte-Carlo standard error of rho relative to rho; None: tol / 4.
         projection_iters: rescalings per projection.
         fresh_rounds: re-projections on the union of draws when the fresh check fails.
-        max_rows: rows (elements x draws) per forward pass; more elements are optimised in chunks.
+        max_rows: rows (elements x draws) per forward pass; more elements are optimised in chunks. ``"auto"``:
+            the fastest of `ROW_CANDIDATES` for a step's pass with gradients, measured once per network,
+            layers, input size, draws, precision and threads and cached (`resolve_max_rows`); the results
+            do not depend on it (up to rounding).
         schedule: ``batched`` (all layers in one pass; the faster one measured) or ``per-layer`` (one layer at
             a time, its images batched); results are the same.
         seed: noise seed (each element's generator is derived from it, the image index and the layer).
@@ -107,17 +113,19 @@ class SIDConfig:
     target_se: float | None = None
     projection_iters: int = 8
     fresh_rounds: int = 2
-    max_rows: int = 256
+    max_rows: int | str = 256
     seed: int = 0
     schedule: str = "batched"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown SID schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        object.__setattr__(self, "max_rows", check_batch_size(self.max_rows, "sid.max_rows"))
 
     def chunks(self, elements: Sequence[tuple[int, str]], device: torch.device) -> list[list[tuple[int, str]]]:
         """`elements` (image, layer), sorted by layer, split into the chunks optimised together."""
         groups = [list(elements)] if self.schedule == "batched" else [list(g) for _, g in groupby(elements, lambda e: e[1])]
+        assert isinstance(self.max_rows, int), "resolve max_rows='auto' first (resolve_max_rows)"
         per = max(1, self.max_rows // self.samples)
         return [g[i : i + per] for g in groups for i in range(0, len(g), per)]
 
@@ -218,6 +226,7 @@ class _Problem:
         (sorted by e), with E = `eval_samples` draws per block from the block's own generator."""
         e_draws = self.cfg.eval_samples
         shape = (e_draws, *self.x01.shape[1:])
+        assert isinstance(self.cfg.max_rows, int)
         per = max(1, self.cfg.max_rows // e_draws)
         out = []
         with torch.no_grad():
@@ -388,6 +397,33 @@ def _optimize(problem: _Problem) -> tuple[torch.Tensor, ...]:
     return (log_sigma, log_lam.exp(), *_meet_constraint(problem, log_sigma))
 
 
+def resolve_max_rows(features: LayerFeatures, x01: torch.Tensor, names: Sequence[str], cfg: SIDConfig) -> SIDConfig:
+    """`cfg` with ``max_rows="auto"`` replaced by the fastest of `ROW_CANDIDATES` (up to the rows one step
+    needs) per row of a step's pass: rows spread evenly over the layers `names`, with the input gradient.
+
+    Measured once per (network, layers, input size, draws per step, device, precision, threads), best of 3
+    after a warm-up, and cached (`infoflow.utils.autotune`)."""
+    if cfg.max_rows != "auto":
+        return cfg
+    need = x01.shape[0] * len(names) * cfg.samples
+    candidates = [c for c in ROW_CANDIDATES if c <= max(need, ROW_CANDIDATES[0])]
+    wanted = set(names)
+    layers = [n for n in features.order if n in wanted]
+
+    def step_pass(rows: int) -> None:
+        counts = [rows // len(layers) + (i < rows % len(layers)) for i in range(len(layers))]
+        groups = [counts[layers.index(n)] if n in wanted else 0 for n in features.order]
+        x = x01[:1].expand(rows, *x01.shape[1:]).clone().requires_grad_(True)
+        feats = features(x + 0.01, groups=groups)
+        torch.autograd.grad(sum(f.pow(2).sum() for f in feats.values()), [x])
+
+    key = {"kind": "sid_rows", "network": type(features.model).__name__,
+           "parameters": sum(p.numel() for p in features.model.parameters()), "layers": layers,
+           "input": list(x01.shape[1:]), "samples": cfg.samples, "candidates": candidates}
+    rows = choose_chunk(key, timed(step_pass, x01.device), x01.device, str(features.precision), candidates)
+    return replace(cfg, max_rows=rows)
+
+
 def compute_sid(
     features: LayerFeatures,
     images01: torch.Tensor,
@@ -419,9 +455,9 @@ def compute_sid(
     df2 = {n: float(delta_f2[n].value if isinstance(delta_f2[n], DeltaF2) else delta_f2[n]) for n in names}
     if any(not v > 0 for v in df2.values()):
         raise ValueError(f"delta_f² must be positive, got {df2}")
-    cfg = config
     with torch.no_grad():
         clean = features(images01)
+    cfg = resolve_max_rows(features, images01, names, config)
     order = {name: i for i, name in enumerate(features.order)}
     elements = sorted(
         ((n, name) for name in names for n in range(images01.shape[0])), key=lambda e: order[e[1]]
