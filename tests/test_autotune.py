@@ -121,3 +121,32 @@ def test_sid_auto_rows_are_measured_once_and_leave_the_result_unchanged(tmp_path
     assert torch.allclose(small.log_sigma, fixed.log_sigma, atol=1e-4)
     with pytest.raises(ConfigError, match="sid.max_rows"):
         SIDConfig(max_rows="fast")
+
+
+@pytest.mark.parametrize("metric", ["degradation", "sensitivity", "insertion_deletion"])
+def test_auto_metric_batches_give_the_same_scores_and_are_keyed_by_the_network(tmp_path, metric) -> None:
+    from infoflow.metrics import Degradation, InsertionDeletion, SensitivityN
+
+    torch.manual_seed(0)
+    make = {"degradation": lambda net, bs: Degradation(net, (16, 16), tile_size=4, num_points=9, batch_size=bs),
+            "sensitivity": lambda net, bs: SensitivityN(net, (16, 16), tile_size=4, num_n=4, num_subsets=5,
+                                                        batch_size=bs),
+            "insertion_deletion": lambda net, bs: InsertionDeletion(net, (16, 16), tile_size=4, num_points=9,
+                                                                    batch_size=bs)}[metric]
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, w, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)).eval()
+            for w in (2, 5)]
+    images, maps, target = torch.randn(3, 3, 16, 16), torch.rand(3, 16, 16), torch.tensor([0, 1, 2])
+    for net in nets:
+        net(images)
+    with using_cache_dir(tmp_path):
+        for net in nets:
+            scores = []
+            for bs in (7, "auto"):
+                m = make(net, bs)
+                m.update(images, target, maps)
+                scores.append(m.compute())
+            for fixed, auto in zip(scores[0], scores[1], strict=True):
+                assert torch.allclose(torch.as_tensor(fixed), torch.as_tensor(auto), atol=1e-6)  # fp32 rounding
+    keys = [e["key"] for e in json.loads((tmp_path / "autotune.json").read_text()).values()]
+    assert {k["parameters"] for k in keys} == {str(sum(p.numel() for p in n.parameters())) for n in nets}
+    assert all(k["metric"] == metric for k in keys)

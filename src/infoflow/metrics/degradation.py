@@ -15,11 +15,12 @@ from infoflow.metrics.perturb import (
     perturbation_network,
     resolve_classifier,
     run_perturbations,
+    tune_key,
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
 from infoflow.utils.precision import resolve_precision
-from infoflow.utils.validation import check_batch, check_count
+from infoflow.utils.validation import check_batch, check_batch_size
 
 
 class DegradationResult(NamedTuple):
@@ -62,7 +63,8 @@ class Degradation(Metric):
         image_size: (H, W) of the images, in pixels.
         tile_size: tile side in pixels (paper: 8 and 14).
         num_points: curve points including both ends (101: every 1% of the tiles).
-        batch_size: perturbed images per forward pass; bounds memory.
+        batch_size: perturbed images per forward pass (bounds memory), or ``"auto"``: the fastest, measured once
+            per network, image shape, device, precision and threads (`infoflow.metrics.perturb.run_perturbations`).
         precision: ``32`` | ``bf16`` | ``16-mixed`` for the classifier's passes on the perturbed images
             (`infoflow.utils.precision`; fp32 fallback with a warning without hardware support).
     """
@@ -82,18 +84,18 @@ class Degradation(Metric):
         image_size: tuple[int, int],
         tile_size: int = 8,
         num_points: int = 101,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         precision: str | int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
             raise ConfigError(f"num_points must be an integer >= 2 (points per curve), got {num_points!r}")
-        check_count(batch_size, "batch_size")
+        batch_size = check_batch_size(batch_size)
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.precision = resolve_precision(precision, classifier_device(self.model, torch.device("cpu")))
         total = self.grid.num_tiles
         #: (P,) number of replaced tiles at each curve point, from 0 to num_tiles
@@ -137,7 +139,7 @@ def degradation_curves(
     attributions: torch.Tensor,
     grid: TileGrid,
     steps: torch.Tensor,
-    batch_size: int,
+    batch_size: int | str,
     precision: str = "32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unnormalised per-image degradation curves, batched.
@@ -174,7 +176,8 @@ def degradation_curves(
             probs = torch.softmax(net(batch).double(), dim=1)
             return torch.stack([probs.gather(1, target[i, None]).squeeze(1), probs.amax(dim=1)], dim=1)
 
-        values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision)
+        values = run_perturbations(forward, build, n, len(step_of), batch_size, device, precision,
+                                   tune_key(model, "degradation"))
     prob, top1 = values[..., 0], values[:, 0, 1]
     ends = prob[:, :1], prob[:, 1:2]
     morf = torch.cat([ends[0], prob[:, 2 : 2 + len(inner)], ends[1]], dim=1)

@@ -11,10 +11,16 @@ from torchmetrics import Metric
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from infoflow.errors import ConfigError
-from infoflow.metrics.perturb import Classifier, classifier_device, resolve_classifier, run_perturbations
+from infoflow.metrics.perturb import (
+    Classifier,
+    classifier_device,
+    resolve_classifier,
+    run_perturbations,
+    tune_key,
+)
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
-from infoflow.utils.validation import as_target, check_images, check_maps
+from infoflow.utils.validation import as_target, check_batch_size, check_images, check_maps
 
 
 class InsertionDeletionResult(NamedTuple):
@@ -75,17 +81,18 @@ class InsertionDeletion(Metric):
         kernel_size: int = 11,
         sigma: float = 5.0,
         deletion_value: float = 0.0,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_points < 2 or batch_size < 1 or kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
-            raise ConfigError(f"need num_points >= 2, batch_size >= 1, an odd kernel_size and sigma > 0; got "
-                              f"{num_points}, {batch_size}, {kernel_size}, {sigma}")
+        batch_size = check_batch_size(batch_size)
+        if num_points < 2 or kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
+            raise ConfigError(f"need num_points >= 2, an odd kernel_size and sigma > 0; got "
+                              f"{num_points}, {kernel_size}, {sigma}")
         hide_module(self, "model", resolve_classifier(model))  # not part of the state_dict
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
         self.kernel_size, self.sigma, self.deletion_value = int(kernel_size), float(sigma), float(deletion_value)
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         #: (P,) pixels (tiles) inserted / deleted at each curve point
         self.steps = torch.linspace(0, self.grid.num_tiles, num_points, dtype=torch.float64).round().long().unique()
         self.add_state("insertion_sum", torch.zeros(len(self.steps), dtype=torch.float64), dist_reduce_fx="sum")
@@ -124,7 +131,8 @@ class InsertionDeletion(Metric):
         def forward(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.model(batch).double(), dim=1).gather(1, target[i, None]).squeeze(1)
 
-        prob = run_perturbations(forward, build, n, 2 * points, self.batch_size, images.device)
+        prob = run_perturbations(forward, build, n, 2 * points, self.batch_size, images.device,
+                                 tune_key=tune_key(self.model, "insertion_deletion"))
         return torch.stack([prob[:, :points], prob[:, points:]])
 
     def compute(self) -> InsertionDeletionResult:

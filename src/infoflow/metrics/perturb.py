@@ -54,6 +54,13 @@ def classifier_device(model: Callable[[torch.Tensor], torch.Tensor], fallback: t
     return fallback
 
 
+def tune_key(model: Callable[[torch.Tensor], torch.Tensor], metric: str) -> dict[str, Any]:
+    """The `run_perturbations` ``tune_key`` of `metric` on `model`: what the timing of ``batch_size="auto"``
+    depends on besides the image shape, device, precision and threads (the network's type and size)."""
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
+    return {"metric": metric, "network": type(model).__name__, "parameters": params}
+
+
 @contextlib.contextmanager
 def perturbation_network(
     model: Callable[[torch.Tensor], torch.Tensor], precision: str, example: torch.Tensor

@@ -17,11 +17,12 @@ from infoflow.metrics.perturb import (
     perturbation_network,
     resolve_classifier,
     run_perturbations,
+    tune_key,
 )
 from infoflow.metrics.tiles import TileGrid
 from infoflow.utils.modules import hide_module
 from infoflow.utils.precision import resolve_precision
-from infoflow.utils.validation import check_batch, check_count, check_number
+from infoflow.utils.validation import check_batch, check_batch_size, check_count, check_number
 
 
 class SensitivityNResult(NamedTuple):
@@ -55,7 +56,8 @@ class SensitivityN(Metric):
         num_n, max_fraction: how many set sizes n, and the largest as a fraction of the tiles.
         num_subsets: random tile sets per n.
         seed: seed of the tile sets.
-        batch_size: perturbed images per forward pass; bounds memory.
+        batch_size: perturbed images per forward pass (bounds memory), or ``"auto"``: the fastest, measured once
+            per network, image shape, device, precision and threads (`infoflow.metrics.perturb.run_perturbations`).
         precision: ``32`` | ``bf16`` | ``16-mixed`` for the classifier's passes on the perturbed images
             (`infoflow.utils.precision`; fp32 fallback with a warning without hardware support).
     """
@@ -76,7 +78,7 @@ class SensitivityN(Metric):
         max_fraction: float = 0.8,
         num_subsets: int = 100,
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         precision: str | int = 32,
         **kwargs: Any,
     ) -> None:
@@ -86,11 +88,11 @@ class SensitivityN(Metric):
         check_count(num_n, "num_n")
         if check_count(num_subsets, "num_subsets") < 2:
             raise ConfigError(f"num_subsets must be an integer >= 2 (a correlation needs two), got {num_subsets!r}")
-        check_count(batch_size, "batch_size")
+        batch_size = check_batch_size(batch_size)
         # kept out of the module tree so that the network's weights are not part of the metric's state_dict
         hide_module(self, "model", resolve_classifier(model))
         self.grid = TileGrid(int(image_size[0]), int(image_size[1]), int(tile_size))
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.precision = resolve_precision(precision, classifier_device(self.model, torch.device("cpu")))
         total = self.grid.num_tiles
         top = math.log10(max(1.0, max_fraction * total))
@@ -189,7 +191,7 @@ def logit_drops(
     target: torch.Tensor,
     grid: TileGrid,
     subsets: torch.Tensor,
-    batch_size: int,
+    batch_size: int | str,
     precision: str = "32",
 ) -> torch.Tensor:
     """(N, K, S) float64 drop S_c(x) - S_c(x[T = 0]) of the target logit for every tile set T, batched.
@@ -211,6 +213,7 @@ def logit_drops(
         def logit(batch: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
             return net(batch).double().gather(1, target[i, None]).squeeze(1)
 
-        base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision)  # (N, 1)
-        drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision)
+        key = tune_key(model, "sensitivity")
+        base = run_perturbations(logit, lambda i, j: images[i], n, 1, batch_size, device, precision, key)  # (N, 1)
+        drops = base - run_perturbations(logit, build, n, k * s, batch_size, device, precision, key)
     return drops.view(n, k, s)
