@@ -238,7 +238,8 @@ class PerSampleIBA(Attribution):
             return self.batch_size
         problems = inputs.shape[0] if problems is None else problems
         key = {"kind": "per_sample", "model": self.model.name, "network": type(self.model.module).__name__,
-               "layer": self.layer, "input": list(inputs.shape[1:]), "copies": self.copies, "steps": self.steps}
+               "layer": self.layer, "input": list(inputs.shape[1:]), "copies": self.copies, "steps": self.steps,
+               "prepared": self.fast is not self.split}
         beta = torch.full((max(CANDIDATES),), float(self.beta), device=inputs.device)
 
         def fit(c: int, steps: int, warmup: bool) -> float:
