@@ -46,8 +46,9 @@ docs: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-## Every figure and table the docs quote (demo, Table 1, layer-wise SID, benchmarks), into figures/
-## with figures/README.md naming the command behind each (about 15 minutes on two CPU cores).
+## Every figure and table the docs quote (demo, Table 1, layer-wise SID, grids, benchmarks), into figures/
+## with figures/README.md naming the command behind each (tens of minutes on two CPU cores); the six
+## _shapes studies: .venv/bin/python experiments/figures.py --only studies (about an hour more).
 figures: $(STAMP)
 	$(PY) experiments/figures.py --out figures
 

@@ -1,6 +1,7 @@
 """Regenerate every figure and table that the docs (docs/) quote, into one folder: ``make figures``.
 
-    python experiments/figures.py [--out figures] [--only demo,table1,layerwise,bench]
+    python experiments/figures.py [--out figures] [--only demo,table1,layerwise,grid,grid_vit,fig9,bench]
+    python experiments/figures.py --only studies       # the six _shapes studies (about an hour on 2 cores)
 
 Each step runs the command a user would run, from the project root, with its run directory inside
 ``--out``, and keeps its terminal output there as ``<step>.log``:
@@ -8,6 +9,9 @@ Each step runs the command a user would run, from the project root, with its run
 - ``demo``: ``python evaluate.py`` (``make demo``): the overall inside/outside ratio and the per-class table;
 - ``table1``: ``python evaluate.py experiment=table1``: Table 1 on the built-in data and its plots;
 - ``layerwise``: ``python evaluate.py analysis=layerwise``: the layer-wise SID/concentration table and plots;
+- ``grid``, ``grid_vit``, ``fig9``: ``python evaluate.py analysis=grid`` on the default model, on shapesvit,
+  and with the steps recorded at conv2 for σ_s = 0 and 2 (IBA Figs. 4/10 and 9);
+- ``study_<name>``: ``python train.py experiment=<name>_shapes`` for each study (``studies``: all six);
 - ``bench``: ``python benchmarks/bench_<name>.py`` for each benchmark (``make bench``): its printed result.
 
 ``<out>/README.md`` then lists, per step, the command, the wall time, where its files are and the tables
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -30,16 +33,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from infoflow.utils.machine import cpu_model
 from infoflow.utils.tables import to_markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
-#: step -> the evaluate.py overrides it runs (beyond the run directory)
-EVALUATE_STEPS: dict[str, list[str]] = {
-    "demo": [],
-    "table1": ["experiment=table1"],
-    "layerwise": ["analysis=layerwise"],
+#: step -> the entry point and overrides it runs (beyond the run directory)
+COMMAND_STEPS: dict[str, tuple[str, list[str]]] = {
+    "demo": ("evaluate.py", []),
+    "table1": ("evaluate.py", ["experiment=table1"]),
+    "layerwise": ("evaluate.py", ["analysis=layerwise"]),
+    "grid": ("evaluate.py", ["analysis=grid"]),
+    "grid_vit": ("evaluate.py", ["analysis=grid", "model=shapesvit"]),
+    "fig9": ("evaluate.py", ["analysis=grid", "analysis.record_steps=true", "analysis.sigmas=[0,2]",
+                             "analysis.layers=[conv2]"]),
+    **{f"study_{name}": ("train.py", [f"experiment={name}_shapes"])
+       for name in ("distillation", "damage", "autoencoder", "compression", "epochs", "null")},
 }
-STEPS = [*EVALUATE_STEPS, "bench"]
+#: steps that name several (not run by default)
+GROUPS = {"studies": [s for s in COMMAND_STEPS if s.startswith("study_")]}
+STEPS = [*(s for s in COMMAND_STEPS if s not in GROUPS["studies"]), "bench"]
 
 
 def _run(cmd: list[str], log: Path) -> tuple[float, str]:
@@ -65,11 +77,7 @@ def _tables(run_dir: Path) -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
@@ -83,11 +91,12 @@ def _machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "figures", help="folder for everything (default: figures/)")
-    parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    valid = [*COMMAND_STEPS, "bench", *GROUPS]
+    parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {','.join(valid)}")
     args = parser.parse_args()
-    steps = args.only.split(",")
-    if unknown := [s for s in steps if s not in STEPS]:
-        sys.exit(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
+    if unknown := [s for s in args.only.split(",") if s not in valid]:
+        sys.exit(f"unknown step(s) {unknown}; choose from {', '.join(valid)}")
+    steps = [t for s in args.only.split(",") for t in GROUPS.get(s, [s])]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     sections = [f"# Figures and tables of the docs\n\nRegenerated with `python experiments/figures.py "
@@ -104,9 +113,9 @@ def main() -> None:
                                 f"output: `bench/{script.stem}.log`)\n\n```\n{tail}\n```")
             continue
         run_dir = out / step
-        overrides = EVALUATE_STEPS[step]
-        seconds, _ = _run([sys.executable, "evaluate.py", *overrides, f"hydra.run.dir={run_dir}"], out / f"{step}.log")
-        command = shlex.join(["python", "evaluate.py", *overrides])
+        entry, overrides = COMMAND_STEPS[step]
+        seconds, _ = _run([sys.executable, entry, *overrides, f"hydra.run.dir={run_dir}"], out / f"{step}.log")
+        command = shlex.join(["python", entry, *overrides])
         sections.append(f"## {step}\n\n`{command}` ({seconds:.0f} s; files: `{step}/`, output: `{step}.log`)\n\n"
                         f"{_tables(run_dir)}")
     (out / "README.md").write_text("\n\n".join(sections) + "\n")

@@ -75,7 +75,10 @@ def test_figures_script_rejects_unknown_steps(monkeypatch: pytest.MonkeyPatch, t
     assert spec is not None and spec.loader is not None
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
-    assert figures.STEPS == ["demo", "table1", "layerwise", "bench"]
+    assert figures.STEPS == ["demo", "table1", "layerwise", "grid", "grid_vit", "fig9", "bench"]
+    assert figures.GROUPS["studies"] == [f"study_{s}" for s in
+                                         ("distillation", "damage", "autoencoder", "compression", "epochs", "null")]
+    assert all(figures.COMMAND_STEPS[s][0] == "train.py" for s in figures.GROUPS["studies"])
     monkeypatch.setattr("sys.argv", ["figures.py", "--out", str(tmp_path), "--only", "demo,tabel1"])
-    with pytest.raises(SystemExit, match=r"unknown step\(s\) \['tabel1'\]; choose from demo, table1, layerwise, bench"):
+    with pytest.raises(SystemExit, match=r"unknown step\(s\) \['tabel1'\]; choose from demo, table1, layerwise, grid"):
         figures.main()
