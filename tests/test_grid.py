@@ -10,7 +10,7 @@ from conftest import compose_config
 from scipy import stats
 
 from infoflow.analyses import run_analysis
-from infoflow.analyses.grid import grid_artefact, summarise
+from infoflow.analyses.grid import artefact_table, grid_artefact, summarise
 from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
 from infoflow.models import get_model
@@ -74,6 +74,8 @@ def test_grid_analysis_writes_figures_csv_and_summary(tmp_path, random_shapesnet
                 "mask_ratio", "grid_artefact"):
         assert df[col].notna().all(), col
     assert (df["mean_bits_per_pixel"] * 64 * 64 - df["total_bits"]).abs().max() < 1e-3 * df["total_bits"].max()
+    artefacts = pd.read_csv(tmp_path / "grid_artefact.csv")
+    assert len(artefacts) == 2 * 2 * 2 and artefacts["change"].notna().sum() == 4  # layers x betas at sigma 2
     summary = pd.read_csv(tmp_path / "grid_summary.csv")
     assert list(summary["layer"]) == ["conv2", "conv2", "conv3", "conv3"]
     tolerated = summary[summary["beta"].notna()]
@@ -131,3 +133,20 @@ def test_the_summary_gives_the_largest_tolerated_beta_with_intervals_over_images
     assert row["inside_outside_ratio_high"] - row["inside_outside_ratio_low"] == pytest.approx(
         2 * stats.t.ppf(0.975, 11) * stats.sem(ratio))
     assert "mask_ratio" not in row  # no masks: no column
+
+
+def test_the_artefact_table_gives_the_paired_change_from_the_first_sigma() -> None:
+    rng = np.random.default_rng(1)
+    rows = []
+    for image in range(10):
+        base = 0.05 + 0.02 * rng.random()
+        for sigma, value in ((0.0, base), (2.0, base / 5 + 0.001 * rng.random())):
+            rows.append({"image": image, "layer": "conv2", "beta": 10.0, "sigma": sigma, "grid_artefact": value})
+    df = pd.DataFrame(rows)
+    table = artefact_table(df, BootstrapSettings(method="t"))
+    assert list(table["sigma"]) == [0.0, 2.0] and table["change"].isna().tolist() == [True, False]
+    smooth = table.iloc[1]
+    diff = df[df.sigma == 2.0].grid_artefact.to_numpy() - df[df.sigma == 0.0].grid_artefact.to_numpy()
+    low, high = stats.t.interval(0.95, 9, loc=diff.mean(), scale=stats.sem(diff))
+    assert smooth["change"] == pytest.approx(diff.mean()) and smooth["change_low"] == pytest.approx(low)
+    assert smooth["change_high"] == pytest.approx(high) and high < 0  # smoothing removes the planted grid power

@@ -6,7 +6,9 @@ p(y|x, beta) in its title; ``grid.csv`` with a row per (image, layer, sigma, bet
 with, per layer, the largest beta whose mean p stays within ``analysis.tolerance`` of the mean p without
 the bottleneck, and there the change in p and the localisation, each with an ``analysis.bootstrap`` interval
 over the images. With ``analysis.record_steps`` the capacity map of every
-optimisation step of ``analysis.steps_layer`` is drawn, rows = sigma, columns = steps (Fig. 9).
+optimisation step of ``analysis.steps_layer`` is drawn, rows = sigma, columns = steps (Fig. 9);
+``grid_artefact.csv`` gives, per (layer, beta, sigma), the mean grid artefact with its interval and, with
+several sigmas, its paired change from the first sigma.
 """
 
 from __future__ import annotations
@@ -138,6 +140,26 @@ def summarise(df: pd.DataFrame, tolerance: float, boot: BootstrapSettings | None
     return pd.DataFrame(rows)
 
 
+def artefact_table(df: pd.DataFrame, boot: BootstrapSettings | None = None) -> pd.DataFrame:
+    """Per (layer, beta, sigma): the mean `grid_artefact` over images with its `boot` interval, and with
+    several sigmas the paired difference from the first sigma on the same images (``change``: this sigma's
+    artefact minus the first's; negative: smoothing removes grid power)."""
+    boot = boot or BootstrapSettings()
+    interval = {"level": boot.level, "seed": boot.seed, "method": boot.method, "n_resamples": boot.n_resamples}
+    rows = []
+    for (layer, beta), sel in df.groupby(["layer", "beta"], sort=False):
+        sigmas = list(dict.fromkeys(sel["sigma"]))
+        first = sel[sel["sigma"] == sigmas[0]].sort_values("image")["grid_artefact"].to_numpy()
+        for sigma in sigmas:
+            values = sel[sel["sigma"] == sigma].sort_values("image")["grid_artefact"].to_numpy()
+            row: dict[str, Any] = {"layer": layer, "beta": beta, "sigma": sigma, "images": len(values),
+                                   **mean_interval(values, **interval).as_dict("grid_artefact")}
+            if sigma != sigmas[0]:
+                row.update(paired_difference(first, values, **interval).as_dict("change"))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _settings(cfg: DictConfig) -> tuple[list[str], list[float], list[float]]:
     a = cfg.analysis
     if cfg.method.name != "iba":
@@ -221,6 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                     f"β={betas[0]:g}/k, image 0", out / f"steps_{layer}.png", prov))
     df = pd.DataFrame(rows)
     summary_table = summarise(df, float(a.tolerance), boot)
+    artefacts = artefact_table(df, boot)
     pngs = []
     images = torch.cat([dm.denormalize(b["image"]) for b in batches])
     assert pw is not None
@@ -233,7 +256,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                         f"IBA @ {cfg.model.name}, image {i}, σ={sigma:g}", out / f"{i:04d}{tag}.png",
                                         prov, bool(a.shared_colorbar)))
     print(f"per layer: largest β with mean p within {a.tolerance} of p(y|x):\n{summary_table.to_string(index=False)}")
-    print(f"wrote {len(pngs) + len(figs9)} figures to {out}, grid.csv and grid_summary.csv")
-    log_results(cfg, {"grid": df, "grid_summary": summary_table}, {"grid": pngs[:16], "grid_steps": figs9}, {
+    if len(sigmas) > 1:
+        print(f"grid artefact (share of the capacity map's power at the feature grid's period) by σ_s, "
+              f"change from σ_s={sigmas[0]:g}:\n{artefacts.to_string(index=False)}")
+    print(f"wrote {len(pngs) + len(figs9)} figures to {out}, grid.csv, grid_summary.csv and grid_artefact.csv")
+    log_results(cfg, {"grid": df, "grid_summary": summary_table, "grid_artefact": artefacts},
+                {"grid": pngs[:16], "grid_steps": figs9}, {
         "num_images": int(images.shape[0]), "mean_grid_artefact": float(df["grid_artefact"].mean())})
     return {"num_images": int(images.shape[0]), "layers": layers, "betas": betas}
