@@ -91,17 +91,18 @@ def test_grid_analysis_refuses_other_methods() -> None:
         run_analysis(cfg)
 
 
-def test_folded_fp32_path_equals_the_plain_fp32_fit_to_rounding() -> None:
+@pytest.mark.parametrize(("name", "layer"), [("shapesnet", "conv3"), ("shapesvit", "block1")])
+def test_folded_fp32_path_equals_the_plain_fp32_fit_to_rounding(name: str, layer: str) -> None:
     torch.manual_seed(0)
-    model = get_model("shapesnet")
+    model = get_model(name)
     images = torch.randn(32, *model.input_size)
     for m in model.module.modules():  # non-trivial batch-norm statistics, so folding changes the arithmetic
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    plain = PerSampleIBA(model, "conv3", seed=1, steps=3, copies=2, batch_size=4)
+    plain = PerSampleIBA(model, layer, seed=1, steps=3, copies=2, batch_size=4)
     plain.fit([{"image": images[i : i + 16]} for i in range(0, 32, 16)])
-    folded = PerSampleIBA(model, "conv3", seed=1, steps=3, copies=2, batch_size=4, fold_fp32=True)
+    folded = PerSampleIBA(model, layer, seed=1, steps=3, copies=2, batch_size=4, fold_fp32=True)
     folded.bottleneck = plain.bottleneck
     assert folded.fast is not folded.split
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.fast.model.modules())
