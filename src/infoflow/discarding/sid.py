@@ -38,9 +38,11 @@ Decisions (see the SID/RU paper, section 3):
   is `SIDConfig.schedule`: ``batched`` (all layers in one pass per step), ``per-layer`` (one layer at a time,
   its images batched); the default is ``batched``, the faster one measured on a 2-core CPU (VGG-16, 13 layers,
   112 px: batched 44 s, per-layer 106 s per image; the per-layer schedule repeats the projection's fixed
-  work per layer). ``max_rows`` (256) bounds the rows of one forward pass: a memory bound, not a measured
-  optimum (the wall time is about 1.2x the row floor, so the chunk size changes little; see
-  benchmarks/bench_sid_rows.py). The total work is the sum over layers of the network up to each layer (for VGG-16
+  work per layer). ``max_rows`` (256 here; ``auto`` in ``analysis=layerwise``)
+  bounds the rows of one forward pass; ``auto`` measures the fastest (`resolve_max_rows`): on a 2-core CPU a
+  pass with gradients through the default model costs 1.9x more per row at 256 rows than at 64
+  (benchmarks/bench_sid_rows.py, which also prints the rows forwarded and the wall time over their floor).
+  Live bars follow the steps and the projection's rows on a terminal (``progress``). The total work is the sum over layers of the network up to each layer (for VGG-16
   ~7.4x the FLOPs of conv5_3 alone), so all layers take a few times the deepest layer alone.
 - **Precision.** ``precision`` of `LayerFeatures` (``bf16``: the network's forward and backward under
   autocast). log sigma, lambda, the features' differences ||h(x') - f||² and rho are fp32; rho's statistics
