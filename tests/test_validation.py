@@ -222,7 +222,7 @@ def _net() -> torch.nn.Module:
     ("build", "match"),
     [
         (lambda: Degradation(_net(), (8, 8), num_points=1), r"^num_points must be an integer >= 2"),
-        (lambda: Degradation(_net(), (8, 8), batch_size=0), r"^batch_size must be an integer >= 1, got 0"),
+        (lambda: Degradation(_net(), (8, 8), batch_size=0), r"^batch_size must be an integer >= 1 or 'auto', got 0"),
         (lambda: SensitivityN(_net(), (8, 8), max_fraction=1.5), r"^max_fraction must be in \(0, 1\]"),
         (lambda: SensitivityN(_net(), (8, 8), num_subsets=1), r"^num_subsets must be an integer >= 2"),
         (lambda: SensitivityN(_net(), (8, 8), num_n="4"), r"^num_n must be an integer >= 1, got '4'"),
