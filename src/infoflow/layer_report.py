@@ -63,7 +63,7 @@ def layer_rows(
     return rows
 
 
-def _interval_cells(values: np.ndarray, q: str, settings: BootstrapSettings, paired: np.ndarray | None = None
+def interval_cells(values: np.ndarray, q: str, settings: BootstrapSettings, paired: np.ndarray | None = None
                     ) -> dict[str, float]:
     """{q, q_low, q_high} of the finite `values` (NaN when none), or of values - paired when given."""
     ok = np.isfinite(values) if paired is None else np.isfinite(values) & np.isfinite(paired)
@@ -90,7 +90,7 @@ def summarize(
         row: dict[str, object] = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         for q in intervals:
             if q in g:
-                row.update(_interval_cells(g[q].to_numpy(dtype=float), q, settings))
+                row.update(interval_cells(g[q].to_numpy(dtype=float), q, settings))
         for m in means:
             if m in g:
                 row[m] = float(g[m].astype(float).mean())
@@ -124,7 +124,7 @@ def paired_differences(
                                       "images": len(images)}
             for q in intervals:
                 if q in df:
-                    row.update(_interval_cells(b.loc[images, q].to_numpy(dtype=float), f"{q}_diff", settings,
+                    row.update(interval_cells(b.loc[images, q].to_numpy(dtype=float), f"{q}_diff", settings,
                                                paired=a.loc[images, q].to_numpy(dtype=float)))
             rows.append(row)
     return pd.DataFrame(rows)

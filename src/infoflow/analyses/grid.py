@@ -34,8 +34,9 @@ from infoflow.analyses.common import (
 from infoflow.builders import build_datamodule, build_method, build_model
 from infoflow.errors import ConfigError
 from infoflow.iba.per_sample import PerSampleIBA
+from infoflow.layer_report import interval_cells
 from infoflow.metrics.mask_ratio import MaskRatio
-from infoflow.stats import BootstrapSettings, mean_interval, paired_difference
+from infoflow.stats import BootstrapSettings
 from infoflow.utils.validation import check_beta, check_number
 from infoflow.viz import save_figure
 
@@ -129,11 +130,10 @@ def summarise(df: pd.DataFrame, tolerance: float, boot: BootstrapSettings | None
             at = sel[sel["beta"] == beta].sort_values("image")
             row.update({"beta": beta, "prob_with": float(ok.loc[beta, "prob_with"]),
                         "prob_without": float(ok.loc[beta, "prob_without"])})
-            interval = {"level": boot.level, "seed": boot.seed, "method": boot.method, "n_resamples": boot.n_resamples}
-            row.update(paired_difference(at["prob_without"], at["prob_with"], **interval).as_dict("prob_change"))
+            row.update(interval_cells(at["prob_with"].to_numpy(), "prob_change", boot, at["prob_without"].to_numpy()))
             for col in ("mean_bits_per_pixel", "inside_outside_ratio", "mask_ratio"):
                 if col in at:
-                    row.update(mean_interval(at[col], **interval).as_dict(col))
+                    row.update(interval_cells(at[col].to_numpy(), col, boot))
         else:
             row["beta"] = math.nan
         rows.append(row)
@@ -145,7 +145,6 @@ def artefact_table(df: pd.DataFrame, boot: BootstrapSettings | None = None) -> p
     several sigmas the paired difference from the first sigma on the same images (``change``: this sigma's
     artefact minus the first's; negative: smoothing removes grid power)."""
     boot = boot or BootstrapSettings()
-    interval = {"level": boot.level, "seed": boot.seed, "method": boot.method, "n_resamples": boot.n_resamples}
     rows = []
     for (layer, beta), sel in df.groupby(["layer", "beta"], sort=False):
         sigmas = list(dict.fromkeys(sel["sigma"]))
@@ -153,9 +152,9 @@ def artefact_table(df: pd.DataFrame, boot: BootstrapSettings | None = None) -> p
         for sigma in sigmas:
             values = sel[sel["sigma"] == sigma].sort_values("image")["grid_artefact"].to_numpy()
             row: dict[str, Any] = {"layer": layer, "beta": beta, "sigma": sigma, "images": len(values),
-                                   **mean_interval(values, **interval).as_dict("grid_artefact")}
+                                   **interval_cells(values, "grid_artefact", boot)}
             if sigma != sigmas[0]:
-                row.update(paired_difference(first, values, **interval).as_dict("change"))
+                row.update(interval_cells(values, "change", boot, first))
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -64,7 +64,7 @@ from infoflow.discarding.features import LayerFeatures, noise_generator, resolve
 from infoflow.discarding.maps import ENTROPY_CONST, LayerMaps
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.autotune import choose_chunk, timed
+from infoflow.utils.autotune import choose_chunk, network_key, timed
 from infoflow.utils.precision import resolve_precision
 from infoflow.utils.progress import Advance, live_bars
 from infoflow.utils.validation import check_batch_size, check_images
@@ -419,8 +419,7 @@ def resolve_max_rows(features: LayerFeatures, x01: torch.Tensor, names: Sequence
         feats = features(x + 0.01, groups=groups)
         torch.autograd.grad(sum(f.pow(2).sum() for f in feats.values()), [x])
 
-    key = {"kind": "sid_rows", "network": type(features.model).__name__,
-           "parameters": sum(p.numel() for p in features.model.parameters()), "layers": layers,
+    key = {"kind": "sid_rows", **network_key(features.model), "layers": layers,
            "input": list(x01.shape[1:]), "samples": cfg.samples, "candidates": candidates}
     rows = choose_chunk(key, timed(step_pass, x01.device), x01.device, str(features.precision), candidates)
     return replace(cfg, max_rows=rows)

@@ -21,7 +21,7 @@ from torch import nn
 
 from infoflow.errors import ConfigError
 from infoflow.models.zoo import ZooModel
-from infoflow.utils.autotune import choose_chunk, timed
+from infoflow.utils.autotune import choose_chunk, network_key, timed
 from infoflow.utils.precision import autocast, fp32_linear, prepare_network
 
 #: images per pass that ``batch_size="auto"`` times
@@ -57,8 +57,7 @@ def classifier_device(model: Callable[[torch.Tensor], torch.Tensor], fallback: t
 def tune_key(model: Callable[[torch.Tensor], torch.Tensor], metric: str) -> dict[str, Any]:
     """The `run_perturbations` ``tune_key`` of `metric` on `model`: what the timing of ``batch_size="auto"``
     depends on besides the image shape, device, precision and threads (the network's type and size)."""
-    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
-    return {"metric": metric, "network": type(model).__name__, "parameters": params}
+    return {"metric": metric, **network_key(model)}
 
 
 @contextlib.contextmanager

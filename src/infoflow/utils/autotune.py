@@ -30,6 +30,12 @@ FILE = "autotune.json"
 VERSION = 2
 
 
+def network_key(network: object) -> dict[str, Any]:
+    """What a timing depends on in a network besides the inputs: its type and its parameter count."""
+    params = sum(p.numel() for p in network.parameters()) if isinstance(network, torch.nn.Module) else 0
+    return {"network": type(network).__name__, "parameters": params}
+
+
 def full_key(key: Mapping[str, Any], device: torch.device | str, precision: str) -> dict[str, Any]:
     """`key` with the device, precision and thread count that the timing depends on."""
     return {**key, "device": str(device), "precision": str(precision), "threads": torch.get_num_threads(),

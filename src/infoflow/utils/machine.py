@@ -9,7 +9,6 @@ measured against.
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from infoflow.utils.autotune import timed
 
 #: /proc/cpuinfo flags worth naming: they decide the bf16 and int8 matrix throughput
 _UNITS = {"amx_tile": "AMX", "avx512_bf16": "AVX-512 BF16", "avx512f": "AVX-512"}
@@ -56,17 +57,8 @@ def conv_throughput(precision: str, device: torch.device | str = "cpu", repeats:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "16-mixed" else torch.float32
     conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 256, size, size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    best = float("inf")
     with torch.no_grad():
-        for i in range(max(repeats, 3) + 1):  # the first call warms up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            conv(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                best = min(best, time.perf_counter() - start)
+        best = timed(lambda _: conv(x), device, max(repeats, 3))(batch)
     return 2 * batch * 256 * 256 * 9 * size * size / best
 
 
