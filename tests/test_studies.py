@@ -16,7 +16,7 @@ import infoflow.studies  # noqa: F401  (registers task=study)
 from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
-from infoflow.studies.report import build_report, epoch_layers, model_table
+from infoflow.studies.report import build_report, epoch_layers, model_table, steps_check
 from infoflow.studies.stages import check_stages, read_done, run_stages, seeded, stage_config
 from infoflow.studies.study import AccuracyGateError, gate
 from infoflow.studies.verdicts import VERDICTS
@@ -231,6 +231,31 @@ def test_epochs_report_reads_the_layerwise_callback_csv(tmp_path: Path) -> None:
     layers = epoch_layers(csv)
     models = model_table([{"name": f"epoch_{e}"} for e in sid], {}, layers, {}, None)
     assert [v.word for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == ["INCONCLUSIVE"] * 2
+
+
+def test_the_steps_check_passes_within_half_an_interval_and_fails_beyond(tmp_path: Path) -> None:
+    # seed 0's cells: 16 images x 2 layers; the doubled table moves one layer's mean by a fraction of the
+    # half-width of that layer's 95 % interval (mean +- t * sd / sqrt(n), the images' interval on one seed)
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame([{"model": "m", "layer": layer, "seed": seed, "image": i,
+                           "sid_per_pixel": float(rng.normal(-1.0, 0.2))}
+                          for seed in (0, 1) for layer in ("conv1", "conv2") for i in range(16)])
+    own = cells[(cells.seed == 0) & (cells.layer == "conv2")].sid_per_pixel
+    half = stats.t.ppf(0.975, len(own) - 1) * own.std(ddof=1) / np.sqrt(len(own))
+
+    def moved_by(fraction: float) -> str:
+        doubled = cells[cells.seed == 0].drop(columns="seed").copy()
+        doubled.loc[doubled.layer == "conv2", "sid_per_pixel"] += fraction * half
+        return steps_check(cells, doubled, seed=0)
+
+    assert "PASSED" in moved_by(0.0) and "0.00 of half" in moved_by(0.0)
+    assert "PASSED" in moved_by(0.9) and "at m conv2" in moved_by(0.9)
+    assert "FAILED" in moved_by(1.1) and "1.10 of half" in moved_by(1.1)
+    assert "not run (x is missing)" in steps_check(cells, None, seed=0, missing="x is missing")
+    other = cells[cells.seed == 0].assign(model="other")
+    assert "FAILED" in steps_check(cells, other, seed=0)  # nothing in common: nothing was checked
 
 
 def _null_study(tmp_path: Path, tiny: bool, min_accuracy: float | None = 0.95):

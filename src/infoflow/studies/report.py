@@ -116,27 +116,30 @@ def wide(models: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def steps_check(cells: pd.DataFrame, directory: Path, seed: int, level: float = 0.95) -> str:
-    """The SID steps check: the layer-wise stage rerun with twice the SID steps on seed `seed`
-    (``<directory>/layerwise.csv``) against the same seed's means; passes when no (model, layer) mean moves by
-    more than half its interval's width (the images' interval on that seed)."""
-    path = Path(directory) / "layerwise.csv"
-    if not path.is_file():
-        return f"SID steps check: not run ({path} is missing)."
-    doubled = pd.read_csv(path)
+def steps_check(cells: pd.DataFrame, doubled: pd.DataFrame | None, seed: int, level: float = 0.95,
+                missing: str = "") -> str:
+    """The SID steps check: the layer-wise table `doubled`, measured with twice the SID steps on seed `seed`
+    (None: not run, `missing` says why), against the same seed's means in `cells`; passes when no (model, layer)
+    mean moves by more than half its interval's width (the images' interval on that seed)."""
+    if doubled is None:
+        return f"SID steps check: not run ({missing})."
     base = cells[cells.seed == seed]
-    worst, where, ok = 0.0, "", True
+    worst, where, ok, compared = 0.0, "", True, 0
     for (m, layer), g in base.groupby(["model", "layer"]):
         e = seed_mean([g.sid_per_pixel.to_numpy()], level)
         other = doubled[(doubled.model == m) & (doubled.layer == layer)].sid_per_pixel
         if other.empty or not e.finite:
             continue
+        compared += 1
         moved = abs(float(other.mean()) - e.estimate) / max((e.high - e.low) / 2, 1e-12)
         ok &= moved <= 1.0
         if moved >= worst:
             worst, where = moved, f"{m} {layer}"
-    return (f"SID steps check (seed {seed}, twice the steps): the largest move of a layer's mean is {worst:.2f} of "
-            f"half its interval's width, at {where}: {'PASSED' if ok else 'FAILED (raise analysis.sid.steps)'}.")
+    if not compared:
+        return "SID steps check: FAILED (the doubled table shares no (model, layer) with the study's)."
+    return (f"SID steps check (seed {seed}, twice the steps, {compared} model x layer means): the largest move of "
+            f"a layer's mean is {worst:.2f} of half its interval's width, at {where}: "
+            f"{'PASSED' if ok else 'FAILED (raise the SID steps)'}.")
 
 
 def curves(layers: pd.DataFrame, out: Path, title: str, provenance: str) -> list[Path]:

@@ -177,6 +177,17 @@ class StudyTask(TrainingTask):
             raise
         return self.report(records)
 
+    def table_path(self, stage: str, seed: int | None) -> Path:
+        """Where stage `stage` of seed `seed` writes its per-image layer-wise table (``task.report.source``)."""
+        where = stage_dir(self.cfg, stage, seed)
+        if self.cfg.task.report.get("source", "summary") == "callback":
+            return where / "callbacks" / "layerwise_images.csv"
+        return where / "layerwise.csv"
+
+    def read_table(self, path: Path) -> pd.DataFrame:
+        """A per-image layer-wise table at `path`, models named as in the report (``epoch_<N>`` from the callback)."""
+        return epoch_layers(path) if self.cfg.task.report.get("source", "summary") == "callback" else pd.read_csv(path)
+
     def cells(self) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """The per-image layer-wise table of every seed (column ``seed``) and the compared models.
 
@@ -185,17 +196,16 @@ class StudyTask(TrainingTask):
         (models: its evaluated epochs ``epoch_<N>``, the last one credited with the stage's final metrics).
         """
         t = self.cfg.task
-        stage, frames = t.report.layerwise, []
+        stage = t.report.layerwise
         callback = t.report.get("source", "summary") == "callback"
+        frames = []
         for seed in study_seeds(self.cfg):
-            where = stage_dir(self.cfg, stage, seed)
-            path = where / "callbacks" / "layerwise_images.csv" if callback else where / "layerwise.csv"
+            path = self.table_path(stage, seed)
             if not path.is_file():
                 raise DataError(f"{path} is missing: " + (f"stage {stage} ran without the layerwise callback "
                                 "(callbacks=[default,layerwise])" if callback else
                                 f"the layer-wise stage {stage} wrote no per-image table"))
-            frame = epoch_layers(path) if callback else pd.read_csv(path)
-            frames.append(frame.assign(seed=0 if seed is None else seed))
+            frames.append(self.read_table(path).assign(seed=0 if seed is None else seed))
         cells = pd.concat(frames, ignore_index=True)
         if not callback:
             return cells, OmegaConf.to_container(t.models, resolve=True)
@@ -223,7 +233,9 @@ class StudyTask(TrainingTask):
         steps = t.report.get("steps_check")
         if steps:
             seed = stage_seeds(cfg, steps.stage)[0]
-            notes.append(steps_check(cells, stage_dir(cfg, steps.stage, seed), 0 if seed is None else seed))
+            path = self.table_path(steps.stage, seed)
+            doubled = self.read_table(path) if path.is_file() else None
+            notes.append(steps_check(cells, doubled, 0 if seed is None else seed, missing=f"{path} is missing"))
         report = build_report(t.study, out, models, cells, claims, notes, OmegaConf.to_yaml(cfg, resolve=True))
         log_report(build_loggers(cfg), report, t.study)
         print(report.markdown)
