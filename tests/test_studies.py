@@ -233,7 +233,7 @@ def test_epochs_report_reads_the_layerwise_callback_csv(tmp_path: Path) -> None:
     assert [v.word for v in build_report("epochs", tmp_path, models, layers, {}).verdicts] == ["INCONCLUSIVE"] * 2
 
 
-def test_the_steps_check_passes_within_half_an_interval_and_fails_beyond(tmp_path: Path) -> None:
+def test_the_steps_check_passes_within_half_an_interval_and_fails_beyond() -> None:
     # seed 0's cells: 16 images x 2 layers; the doubled table moves one layer's mean by a fraction of the
     # half-width of that layer's 95 % interval (mean +- t * sd / sqrt(n), the images' interval on one seed)
     from scipy import stats

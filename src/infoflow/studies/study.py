@@ -177,16 +177,19 @@ class StudyTask(TrainingTask):
             raise
         return self.report(records)
 
+    @property
+    def from_callback(self) -> bool:
+        """Whether the layer-wise tables come from the ``layerwise`` callback (``task.report.source``)."""
+        return self.cfg.task.report.get("source", "summary") == "callback"
+
     def table_path(self, stage: str, seed: int | None) -> Path:
-        """Where stage `stage` of seed `seed` writes its per-image layer-wise table (``task.report.source``)."""
+        """Where stage `stage` of seed `seed` writes its per-image layer-wise table."""
         where = stage_dir(self.cfg, stage, seed)
-        if self.cfg.task.report.get("source", "summary") == "callback":
-            return where / "callbacks" / "layerwise_images.csv"
-        return where / "layerwise.csv"
+        return where / "callbacks" / "layerwise_images.csv" if self.from_callback else where / "layerwise.csv"
 
     def read_table(self, path: Path) -> pd.DataFrame:
         """A per-image layer-wise table at `path`, models named as in the report (``epoch_<N>`` from the callback)."""
-        return epoch_layers(path) if self.cfg.task.report.get("source", "summary") == "callback" else pd.read_csv(path)
+        return epoch_layers(path) if self.from_callback else pd.read_csv(path)
 
     def cells(self) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """The per-image layer-wise table of every seed (column ``seed``) and the compared models.
@@ -196,9 +199,7 @@ class StudyTask(TrainingTask):
         (models: its evaluated epochs ``epoch_<N>``, the last one credited with the stage's final metrics).
         """
         t = self.cfg.task
-        stage = t.report.layerwise
-        callback = t.report.get("source", "summary") == "callback"
-        frames = []
+        stage, frames, callback = t.report.layerwise, [], self.from_callback
         for seed in study_seeds(self.cfg):
             path = self.table_path(stage, seed)
             if not path.is_file():
