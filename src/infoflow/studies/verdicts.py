@@ -277,7 +277,8 @@ def autoencoder(cells: pd.DataFrame, models: pd.DataFrame, claims: dict[str, Any
                     effect_between(cells, cls, ae, "sid", level=level), margin=margin) for cls, ae in pairs]
     shallow, deep = pairs[0][0], pairs[-1][0]
     for q in ("sid", "ru", "concentration"):
-        claim = f"Fig. 3: a deeper net has higher {q} than a shallow one ({deep} - {shallow})"
+        which = f"{deep} - {shallow}" if len(pairs) > 1 else f"only {shallow} here"
+        claim = f"Fig. 3: a deeper net has higher {q} than a shallow one ({which})"
         paper = "the deeper ResNets have higher SID, RU and concentration."
         if len(pairs) < 2:
             out.append(Verdict(claim, paper, "one depth only.", "INCONCLUSIVE", "needs classifiers of two depths"))
