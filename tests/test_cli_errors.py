@@ -38,6 +38,7 @@ ROWS = [  # (script, overrides, the setting the error line must name)
     ("train", ["task=classifier", "trainer.max_epochs=-1"], "trainer.max_epochs"),
     ("train", ["task=classifier", "seed=abc"], "seed"),
     ("train", ["task=prune", "weights=none"], "weights"),
+    ("train", ["experiment=null_shapes", "task.jobs=0"], "task.jobs"),
     ("evaluate", ["method=pattern-attribution", "model=resnet20"], "method=pattern-attribution model=resnet20"),
     ("evaluate", ["model.num_classes=1"], "model.num_classes"),
     ("evaluate", ["data.num_classes=1"], "data.num_classes"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table, steps_check
 from infoflow.studies.stages import check_stages, read_done, run_stages, seeded, stage_config
-from infoflow.studies.study import AccuracyGateError, gate
+from infoflow.studies.study import AccuracyGateError, gate, same_seed_before, study_jobs
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 
@@ -74,6 +76,110 @@ def test_a_changed_stage_runs_again_with_every_stage_after_it(tmp_path: Path) ->
     calls.clear()
     _stages(tmp_path, names, None, calls)()
     assert calls == ["b", "c"]
+
+
+class _Rendezvous:
+    """A picklable stage runner for ``jobs`` > 1: stages in `together` each wait (up to a minute) until the other
+    has started, so they pass only when run at once; every stage records its process and times."""
+
+    def __init__(self, root: Path, together: tuple[str, str], fail_at: str | None = None) -> None:
+        self.root, self.together, self.fail_at = root, together, fail_at
+
+    def __call__(self, name: str, cfg) -> dict:
+        start = time.time()
+        (self.root / f"{name}.started").touch()
+        if name in self.together:
+            other = self.root / f"{self.together[1 - self.together.index(name)]}.started"
+            while not other.exists():
+                if time.time() - start > 60:
+                    raise RuntimeError(f"stage {name}: {other.stem} never ran at the same time")
+                time.sleep(0.05)
+        if name == self.fail_at:
+            raise RuntimeError(f"stage {name} broke")
+        time.sleep(0.5)
+        print(f"stage {name} writes to its log")
+        (self.root / name / "times.json").write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time()}))
+        return {"value": cfg.value}
+
+
+def _parallel(tmp_path: Path, runner, names: list[str], after: dict[str, list[str]]):
+    def config(name: str):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return OmegaConf.create({"value": names.index(name) * 10})
+
+    return run_stages(names, lambda n: tmp_path / n, config, runner, after=lambda n: after[n], jobs=2)
+
+
+def test_parallel_stages_run_at_once_in_their_own_processes_after_their_predecessors(tmp_path: Path) -> None:
+    names, after = ["a0", "a1", "b0", "b1"], {"a0": [], "a1": [], "b0": ["a0"], "b1": ["a1"]}
+    records = _parallel(tmp_path, _Rendezvous(tmp_path, ("a0", "a1")), names, after)
+    assert [records[n]["metrics"]["value"] for n in names] == [0.0, 10.0, 20.0, 30.0]
+    times = {n: json.loads((tmp_path / n / "times.json").read_text()) for n in names}
+    assert times["b0"]["start"] >= times["a0"]["end"] and times["b1"]["start"] >= times["a1"]["end"]
+    pids = [t["pid"] for t in times.values()]
+    assert os.getpid() not in pids and len(set(pids)) == 4  # a fresh process per stage
+    assert "stage b1 writes to its log" in (tmp_path / "b1" / "stage.log").read_text()
+    calls = []
+    _stages(tmp_path, names, None, calls)()  # the same configs, in order and in-process: all done, none runs
+    assert calls == []
+
+
+def test_a_failed_parallel_stage_lets_the_running_one_finish_and_the_rerun_resumes(tmp_path: Path) -> None:
+    names, after = ["a0", "a1", "b1"], {"a0": [], "a1": [], "b1": ["a1"]}
+    with pytest.raises(RuntimeError, match="stage a1 broke"):
+        _parallel(tmp_path, _Rendezvous(tmp_path, ("a0", "a1"), fail_at="a1"), names, after)
+    assert read_done(tmp_path / "a0") is not None  # it was running when a1 failed
+    assert read_done(tmp_path / "a1") is None and read_done(tmp_path / "b1") is None  # b1 waits for a1: never started
+    kept = (tmp_path / "a0" / "done.json").read_text()
+    records = _parallel(tmp_path, _Rendezvous(tmp_path, ("-", "-")), names, after)
+    assert set(records) == set(names) and (tmp_path / "a0" / "done.json").read_text() == kept  # a0 not rerun
+
+
+def test_a_stage_that_ran_makes_its_dependants_in_a_later_call_run_again(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def runner(name: str, cfg) -> dict:
+        calls.append(name)
+        return {}
+
+    def both() -> None:  # a study's two calls: the trainings, then the analyses that read their models
+        ran: set[str] = set()
+        config = lambda n: OmegaConf.create({"stage": n})  # noqa: E731
+        run_stages(["train"], lambda n: tmp_path / n, config, runner, ran=ran)
+        run_stages(["analyse"], lambda n: tmp_path / n, config, runner, after=lambda n: ["train"], ran=ran)
+
+    both()
+    assert calls == ["train", "analyse"]
+    calls.clear()
+    both()
+    assert calls == []
+    done = json.loads((tmp_path / "train" / "done.json").read_text())
+    (tmp_path / "train" / "done.json").write_text(json.dumps({**done, "fingerprint": "stale"}))
+    calls.clear()
+    both()
+    assert calls == ["train", "analyse"]  # its own config is unchanged, but the model it reads was trained again
+
+
+def test_a_study_unit_waits_for_the_earlier_units_of_its_seed() -> None:
+    order = ["a/seed_0", "a/seed_1", "b/seed_0", "b/seed_1", "check/seed_0"]
+    split = {k: (k.split("/")[0], int(k[-1])) for k in order}
+    assert same_seed_before(order, split, "a/seed_1") == []
+    assert same_seed_before(order, split, "b/seed_1") == ["a/seed_1"]
+    assert same_seed_before(order, split, "check/seed_0") == ["a/seed_0", "b/seed_0"]
+    unseeded = {"x": ("x", None), "y": ("y", None)}
+    assert same_seed_before(["x", "y"], unseeded, "y") == ["x"]
+
+
+def test_study_jobs_auto_is_one_process_per_core_without_cuda_and_splits_the_threads() -> None:
+    def jobs(value):
+        return study_jobs(OmegaConf.create({"task": {"jobs": value}}))
+
+    cores = 1 if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    assert jobs("auto") == (cores, max(1, torch.get_num_threads() // cores))
+    assert jobs(1) == (1, torch.get_num_threads())
+    for bad in (0, -1, "two", True, 1.5):
+        with pytest.raises(ConfigError, match=r"task.jobs must be an integer >= 1 or 'auto'"):
+            jobs(bad)
 
 
 def _cells(values: dict[str, list[float]], seeds: int = 3, images: int = 16, noise: float = 0.05) -> pd.DataFrame:

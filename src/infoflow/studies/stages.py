@@ -13,17 +13,23 @@ A stage is a mapping in ``task.stages``::
 stage's own, and keys of a group only the other primary config has are skipped). A finished stage
 writes ``done.json`` (its final metrics, wall time and the fingerprint of its resolved config) into its
 directory; `run_stages` skips such stages, so rerunning an interrupted study in the same directory resumes
-at the first stage that did not finish. `check_stages` composes and checks every stage before the first runs. A stage whose config changed since it finished runs again, and so
-does every stage after a stage that ran. A ``train`` stage resumes its own fit from its last checkpoint.
+at the first stage that did not finish. `check_stages` composes and checks every stage before the first runs.
+A stage whose config changed since it finished runs again, and so does every stage that waits for one that
+ran. A ``train`` stage resumes its own fit from its last checkpoint. With ``jobs`` > 1, stages whose
+predecessors have finished run at once, each in its own process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +182,72 @@ def _jsonable(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _run_in_worker(
+    runner: Callable[[str, DictConfig], Mapping[str, Any] | None], name: str, cfg: DictConfig, log_file: Path,
+    threads: int,
+) -> tuple[dict[str, Any], float]:
+    """One stage in a worker process: ``threads`` intra-op threads, its stdout and stderr (file descriptors 1
+    and 2, so C-level output too) appended to `log_file`; its metrics and wall time in seconds."""
+    import torch
+
+    torch.set_num_threads(threads)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    start = time.perf_counter()
+    try:
+        return _jsonable(runner(name, cfg)), time.perf_counter() - start
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def plan_stages(
+    names: list[str],
+    directory: Callable[[str], Path],
+    config: Callable[[str], DictConfig | ListConfig],
+    after: Callable[[str], list[str]] | None = None,
+    ran: set[str] | None = None,
+) -> tuple[dict[str, tuple[DictConfig | ListConfig, str]], dict[str, dict[str, Any]], list[str]]:
+    """Which of the stages `names` run: each one's (config, fingerprint), the records of the finished ones
+    that are skipped, and the names that run (in order). A stage runs when it has no ``done.json`` with its
+    config's fingerprint, or when a stage it depends on (`after`; default every earlier name) runs, here or
+    (`ran`) in an earlier call."""
+    earlier = after or (lambda name: names[: names.index(name)])
+    runs: list[str] = []
+    configs, skipped = {}, {}
+    will = set(ran or ())
+    for name in names:
+        cfg = config(name)
+        fingerprint = config_hash(OmegaConf.to_container(cfg, resolve=False))
+        configs[name] = (cfg, fingerprint)
+        done = read_done(directory(name))
+        upstream = [d for d in earlier(name) if d in will]
+        if done is not None and done.get("fingerprint") == fingerprint and not upstream:
+            skipped[name] = done
+            continue
+        if done is not None:
+            reason = f"{upstream[0]} runs again" if upstream else "its settings changed"
+            print(f"[study] stage {name}: runs again ({reason})")
+        runs.append(name)
+        will.add(name)
+    return configs, skipped, runs
+
+
 def run_stages(
     names: list[str],
     directory: Callable[[str], Path],
     config: Callable[[str], DictConfig | ListConfig],
     runner: Callable[[str, DictConfig], Mapping[str, Any] | None],
     progress: UnitProgress | None = None,
+    *,
+    after: Callable[[str], list[str]] | None = None,
+    ran: set[str] | None = None,
+    jobs: int = 1,
+    threads: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Run the stages `names` in order, skipping finished ones; return each stage's ``done.json`` record.
+    """Run the stages `names`, skipping finished ones (`plan_stages`); return each stage's ``done.json`` record.
 
     Args:
         directory: stage name -> its run directory.
@@ -191,28 +255,67 @@ def run_stages(
         runner: ``runner(name, cfg)`` runs one stage and returns its final metrics.
         progress: counts the stages, run or skipped, across calls (a study's bar line follows each stage's
             last line; default: these stages alone).
+        after: stage name -> the names it waits for (default: every earlier name, i.e. in order); a stage
+            that runs makes those after it run again.
+        ran: the names that ran in earlier calls (their dependants run again); the names run here are added.
+        jobs: 1 runs the stages in this process, in order. More runs up to `jobs` stages at once, each in a
+            fresh (spawned) process with `threads` intra-op threads and its output in ``<its directory>/stage.log``;
+            `runner` must then be picklable. After a failure no stage starts, the running ones finish, and
+            the first error is raised.
     A stage that raises leaves no ``done.json``: rerunning resumes at that stage.
     """
-    records, rerun_rest = {}, False
+    configs, records, runs = plan_stages(names, directory, config, after, ran)
     progress = progress or UnitProgress(len(names))
     for name in names:
-        cfg, out = config(name), directory(name)
-        fingerprint = config_hash(OmegaConf.to_container(cfg, resolve=False))
-        done = read_done(out)
-        if done is not None and done.get("fingerprint") == fingerprint and not rerun_rest:
-            log.info("stage %s: done before (%s), skipped", name, out / DONE)
-            print(f"[study] stage {name}: already done, skipped ({out / DONE})  {progress.finished()}")
-            records[name] = done
-            continue
-        if done is not None:
-            reason = "an earlier stage ran again" if rerun_rest else "its settings changed"
-            print(f"[study] stage {name}: runs again ({reason})")
-        print(f"[study] stage {name}: running into {out}")
-        start = time.perf_counter()
-        metrics = runner(name, cfg)
-        record = {"stage": name, "metrics": _jsonable(metrics), "seconds": round(time.perf_counter() - start, 2),
+        if name in records:
+            log.info("stage %s: done before (%s), skipped", name, directory(name) / DONE)
+            print(f"[study] stage {name}: already done, skipped ({directory(name) / DONE})  {progress.finished()}")
+
+    def finish(name: str, metrics: Mapping[str, Any] | None, seconds: float) -> None:
+        cfg, fingerprint = configs[name]
+        out = directory(name)
+        record = {"stage": name, "metrics": _jsonable(metrics), "seconds": round(seconds, 2),
                   "fingerprint": fingerprint, "output_dir": str(out)}
         atomic_write(out / DONE, lambda tmp, r=record: tmp.write_text(json.dumps(r, indent=2)))
         print(f"[study] stage {name}: done in {record['seconds']:.1f} s  {progress.finished()}", flush=True)
-        records[name], rerun_rest = record, True
-    return records
+        records[name] = record
+        if ran is not None:
+            ran.add(name)
+
+    if jobs <= 1:
+        for name in runs:
+            print(f"[study] stage {name}: running into {directory(name)}")
+            start = time.perf_counter()
+            metrics = runner(name, configs[name][0])
+            finish(name, metrics, time.perf_counter() - start)
+        return dict(sorted(records.items(), key=lambda kv: names.index(kv[0])))
+    earlier = after or (lambda name: names[: names.index(name)])
+    waits = {name: {d for d in earlier(name) if d in runs} for name in runs}
+    pending, running, error = list(runs), {}, None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        while pending or running:
+            while error is None and len(running) < jobs:
+                ready = next((n for n in pending if not waits[n] - records.keys()), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                log_file = directory(ready) / "stage.log"
+                print(f"[study] stage {ready}: running into {directory(ready)} (output: {log_file})", flush=True)
+                running[pool.submit(_run_in_worker, runner, ready, configs[ready][0], log_file, threads)] = ready
+            if not running:
+                if error is None:
+                    raise RuntimeError(f"stages {pending} wait for stages that never run: check `after`")
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    metrics, seconds = future.result()
+                except BaseException as err:  # noqa: BLE001 - kept, raised once the running stages finished
+                    print(f"[study] stage {name}: failed; its output: {directory(name) / 'stage.log'}", flush=True)
+                    error = error or err
+                    continue
+                finish(name, metrics, seconds)
+    if error is not None:
+        raise error
+    return dict(sorted(records.items(), key=lambda kv: names.index(kv[0])))

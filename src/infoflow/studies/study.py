@@ -14,6 +14,7 @@ stage) or ``callback`` (a training stage's ``layerwise`` callback CSV, one model
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from infoflow.tasks import TASKS
 from infoflow.tasks.skeleton import TrainingTask
 from infoflow.utils.progress import UnitProgress
 from infoflow.utils.tables import write_csv
+from infoflow.utils.validation import check_jobs
 
 
 def run_robustness(cfg: DictConfig, params: DictConfig) -> dict[str, Any]:
@@ -117,6 +119,40 @@ def run_stage(name: str, cfg: DictConfig, spec: DictConfig, params: DictConfig |
     return run_robustness(cfg, params if params is not None else spec.params)
 
 
+class StageRunner:
+    """Runs one stage-seed unit of a study (picklable, for ``task.jobs`` > 1): ``runner(key, cfg)``."""
+
+    def __init__(self, study: DictConfig) -> None:
+        self.specs = {n: OmegaConf.to_container(spec, resolve=True) for n, spec in study.task.stages.items()}
+        self.study = study
+
+    def __call__(self, key: str, cfg: DictConfig) -> dict[str, Any] | None:
+        name, _, seed = key.partition("/seed_")
+        spec = OmegaConf.create(self.specs[name])
+        params = None
+        if spec.kind == "robustness":
+            params = OmegaConf.create(seeded(self.specs[name]["params"], self.study, int(seed) if seed else None))
+        return run_stage(key, cfg, spec, params)
+
+
+def same_seed_before(order: list[str], split: dict[str, tuple[str, int | None]], key: str) -> list[str]:
+    """The units `key` waits for: the earlier units (in `order`) of its seed, and every earlier unit without
+    one (a unit without a seed waits for all earlier units)."""
+    seed = split[key][1]
+    before = order[: order.index(key)]
+    return [k for k in before if seed is None or split[k][1] in (seed, None)]
+
+
+def study_jobs(cfg: DictConfig) -> tuple[int, int]:
+    """``task.jobs`` resolved: (units run at once, intra-op threads of each). ``auto``: one per usable CPU core
+    without CUDA (two one-thread processes beat one two-thread process on a 2-core CPU; docs/studies-protocol.md),
+    one with CUDA (the units would share its one device); each unit gets this process's threads / jobs, at least 1."""
+    value = check_jobs(cfg.task.get("jobs", 1), "task.jobs")
+    if value == "auto":
+        value = 1 if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    return value, max(1, torch.get_num_threads() // value)
+
+
 def resume_hint(cfg: DictConfig) -> str:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [o for o in overrides if not o.startswith("hydra.run.dir=")]
@@ -134,6 +170,7 @@ class StudyTask(TrainingTask):
         if not t.stages:
             raise ConfigError("task.stages is empty: a study needs at least one stage")
         study_seeds(self.cfg)
+        check_jobs(t.get("jobs", 1), "task.jobs")
         for name in t.stages:
             stage_seeds(self.cfg, name)
         if t.report.get("steps_check") and t.report.steps_check.stage not in t.stages:
@@ -149,27 +186,23 @@ class StudyTask(TrainingTask):
         cfg = self.cfg
         self.check()
         check_stages(cfg)  # every stage's settings, before the first stage trains
-        kinds = {n: cfg.task.stages[n].kind for n in cfg.task.stages}
         runs = {n: stage_seeds(cfg, n) for n in cfg.task.stages}
-        train = [unit(n, s) for n in cfg.task.stages if kinds[n] == "train" for s in runs[n]]
-        rest = [unit(n, s) for n in cfg.task.stages if kinds[n] != "train" for s in runs[n]]
+        order = [unit(n, s) for n in cfg.task.stages for s in runs[n]]
         split = {unit(n, s): (n, s) for n in cfg.task.stages for s in runs[n]}
-
-        def runner(key: str, c: DictConfig) -> dict[str, Any] | None:
-            name, seed = split[key]
-            spec = cfg.task.stages[name]
-            params = None
-            if spec.kind == "robustness":
-                params = OmegaConf.create(seeded(OmegaConf.to_container(spec.params, resolve=True), cfg, seed))
-            return run_stage(key, c, spec, params)
-
+        train = [k for k in order if cfg.task.stages[split[k][0]].kind == "train"]
+        rest = [k for k in order if k not in train]
+        jobs, threads = study_jobs(cfg)
+        runner = StageRunner(cfg)
         directory = lambda key: stage_dir(cfg, *split[key])  # noqa: E731
+        after = lambda key: same_seed_before(order, split, key)  # noqa: E731
+        ran: set[str] = set()
         try:  # every classifier is trained and gated before any SID is computed
             config = lambda key: stage_config(cfg, *split[key])  # noqa: E731
             progress = UnitProgress(len(train) + len(rest))
-            records = run_stages(train, directory, config, runner, progress)
+            kw = {"after": after, "ran": ran, "jobs": jobs, "threads": threads}
+            records = run_stages(train, directory, config, runner, progress, **kw)
             gate(cfg, records)
-            records.update(run_stages(rest, directory, config, runner, progress))
+            records.update(run_stages(rest, directory, config, runner, progress, **kw))
         except AccuracyGateError:
             raise
         except BaseException:

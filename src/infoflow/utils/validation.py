@@ -93,13 +93,23 @@ def check_number(value: Any, name: str, minimum: float = 0.0, strict: bool = Fal
     return float(value)
 
 
-def check_batch_size(value: Any, name: str = "batch_size") -> int | str:
-    """A batch size: an int >= 1, or ``"auto"`` (chosen by timing candidates, see `infoflow.utils.autotune`)."""
+def check_count_or_auto(value: Any, name: str) -> int | str:
+    """A count chosen by the user or by measurement: an int >= 1, or ``"auto"``."""
     if value == "auto":
         return "auto"
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
     return int(value)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int | str:
+    """A batch size: an int >= 1, or ``"auto"`` (chosen by timing candidates, see `infoflow.utils.autotune`)."""
+    return check_count_or_auto(value, name)
+
+
+def check_jobs(value: Any, name: str = "jobs") -> int | str:
+    """A number of parallel worker processes: an int >= 1, or ``"auto"`` (one per usable CPU core)."""
+    return check_count_or_auto(value, name)
 
 
 def check_level(value: Any, name: str = "level") -> float:
