@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,23 @@ def test_broken_default_weights_are_retrained(own_cache: Path, monkeypatch: pyte
     with pytest.raises(DataError, match=str(path)):
         pretrained.default_state_dict("shapesnet", 4, root=own_cache)
     assert path.read_bytes() == b"not a torch file" and calls == [4]
+
+
+def test_processes_that_need_the_default_weights_at_once_train_them_once(
+    own_cache: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fresh, calls = ShapesNet(4).state_dict(), []
+
+    def slow(n: int) -> dict:  # long enough that the second caller arrives while the first trains
+        calls.append(n)
+        time.sleep(1.0)
+        return fresh
+
+    monkeypatch.setattr(default_weights, "train_shapesnet", slow)
+    with ThreadPoolExecutor(2) as pool:
+        states = list(pool.map(lambda _: pretrained.default_state_dict("shapesnet", 4, root=own_cache), range(2)))
+    assert calls == [4]  # the second waited for the first one's file instead of training again
+    assert all(torch.equal(s[k], fresh[k]) for s in states for k in fresh)
 
 
 def test_a_legacy_cache_file_without_header_still_loads(own_cache: Path) -> None:

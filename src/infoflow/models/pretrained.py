@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from infoflow.errors import ConfigError
 from infoflow.models.entry import MODELS
@@ -78,14 +79,18 @@ def default_state_dict(model: str, num_classes: int = 4, root: str | Path | None
                           f"{', '.join(DEFAULTS)}")
     path = default_weights_path(num_classes, root, model)
     state = cache.load_cached(path, lambda p: _load_checked(p, model, num_classes))
-    if state is None:
-        if model not in TRAINERS:
-            raise ConfigError(f"the default weights of {model} are not cached in {path.parent} and their trainer is "
-                              "not loaded: import infoflow.tasks first (the entry points do)")
-        cache.ensure_writable(path.parent)
-        print(f"[infoflow] training the default {model} on the built-in shapes data (first use; cached at {path})")
-        state = TRAINERS[model](num_classes)
-        cache.save_cached(state, path)
+    if state is not None:
+        return state
+    if model not in TRAINERS:
+        raise ConfigError(f"the default weights of {model} are not cached in {path.parent} and their trainer is "
+                          "not loaded: import infoflow.tasks first (the entry points do)")
+    cache.ensure_writable(path.parent)
+    with FileLock(f"{path}.lock"):  # processes that need them at once (a study's parallel units) train them once
+        state = cache.load_cached(path, lambda p: _load_checked(p, model, num_classes))
+        if state is None:
+            print(f"[infoflow] training the default {model} on the built-in shapes data (first use; cached at {path})")
+            state = TRAINERS[model](num_classes)
+            cache.save_cached(state, path)
     return state
 
 
