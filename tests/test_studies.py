@@ -19,7 +19,7 @@ from infoflow.cli.plugins import name_plugins
 from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table, steps_check
-from infoflow.studies.stages import check_stages, read_done, run_stages, seeded, stage_config
+from infoflow.studies.stages import check_stages, command_line, read_done, run_stages, seeded, stage_config
 from infoflow.studies.study import AccuracyGateError, gate, same_seed_before, study_jobs
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
@@ -158,6 +158,20 @@ def test_a_stage_that_ran_makes_its_dependants_in_a_later_call_run_again(tmp_pat
     calls.clear()
     both()
     assert calls == ["train", "analyse"]  # its own config is unchanged, but the model it reads was trained again
+
+
+def test_the_study_command_line_reaches_every_stage_but_the_studys_own_keys(tmp_path: Path) -> None:
+    cli = ["trainer.max_epochs=2", "data.num_test=40", "callbacks=none", "task.seeds=[5]", "experiment=null_shapes",
+           "seed=7", "hydra.run.dir=/x"]
+    assert command_line(cli) == ["trainer.max_epochs=2", "data.num_test=40", "callbacks=none"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        study = _null_study(tmp_path, tiny=False).cfg
+        train, evaluate = stage_config(study, "arm_a", 0, cli=cli), stage_config(study, "layerwise", 0, cli=cli)
+        plain = stage_config(study, "arm_a", 0, cli=[])
+    assert train.trainer.max_epochs == 2 and plain.trainer.max_epochs == 12  # the command line wins
+    assert train.data.num_test == evaluate.data.num_test == 40 and plain.data.num_test == 500
+    assert train.seed == 0 and train.task.name == "classifier"  # the replicate seed and the stage's own task
+    assert "callbacks" not in evaluate  # a train-only group does not reach an analysis
 
 
 def test_a_study_unit_waits_for_the_earlier_units_of_its_seed() -> None:

@@ -10,7 +10,9 @@ A stage is a mapping in ``task.stages``::
         analysis.compare: [...]  # lists and mappings are set after composition
 
 ``task.common`` holds overrides applied to every stage first (the data, the trainer; a null value leaves the
-stage's own, and keys of a group only the other primary config has are skipped). A finished stage
+stage's own, and keys of a group only the other primary config has are skipped), then the stage's own, then
+the study's command line (`command_line`: ``python train.py experiment=<study> trainer=gpu`` trains every
+stage on the GPU; ``experiment``, ``task.*``, ``seed`` and ``hydra.*`` stay the study's). A finished stage
 writes ``done.json`` (its final metrics, wall time and the fingerprint of its resolved config) into its
 directory; `run_stages` skips such stages, so rerunning an interrupted study in the same directory resumes
 at the first stage that did not finish. `check_stages` composes and checks every stage before the first runs.
@@ -27,13 +29,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from infoflow.cli.plugins import name_plugins
@@ -52,6 +55,8 @@ GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "task", "a
           "hparams_search", "experiment")
 #: the groups (and their values) only one primary config has: ``task.common`` keys of them skip the other
 ONLY = {"train": ("callbacks", "task", "ckpt_path", "hparams_search"), "evaluate": ("analysis", "method")}
+#: the keys of the study's own command line that its stages do not take (`command_line`)
+STUDY_OWN = ("experiment", "task", "seed", "hydra")
 DONE = "done.json"
 _PLAIN = re.compile(r"^[\w./:@+-]+$")
 
@@ -118,15 +123,30 @@ def run_seed(study: DictConfig, spec: DictConfig, seed: int | None) -> int:
     return int(study.seed if seed is None else seed) + int(spec.get("seed_offset") or 0)
 
 
-def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictConfig:
+def command_line(overrides: Sequence[str] | None = None) -> list[str]:
+    """The study command line's overrides that every stage takes too (`overrides`, default the running
+    ``train.py``'s): all but the study's own (``experiment``, ``task.*``, ``seed``, ``hydra.*``), e.g.
+    ``trainer=gpu``, ``data.root=...``, ``paths.cache_dir=...``."""
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [o for o in overrides if _top_key(o.split("=", 1)[0]) not in STUDY_OWN]
+
+
+def _top_key(key: str) -> str:
+    """The first component of an override's key (``+trainer.devices`` -> ``trainer``, ``data@x`` -> ``data``)."""
+    return key.lstrip("+~").split("@")[0].split(".")[0]
+
+
+def stage_config(study: DictConfig, name: str, seed: int | None = None, cli: Sequence[str] | None = None) -> DictConfig:
     """The composed config of stage `name` for replicate `seed` (None: the study's own seed, in the stage's
-    directory); needs an initialised Hydra, as inside ``train.py``."""
+    directory): ``task.common``, then the stage's overrides, then the study's command line (`command_line`;
+    `cli` replaces it); needs an initialised Hydra, as inside ``train.py``."""
     spec = stage_spec(study, name)
     common = OmegaConf.to_container(study.task.get("common") or OmegaConf.create({}), resolve=True)
     primary = PRIMARY[spec.kind]
     foreign = tuple(g for p, groups in ONLY.items() if p != primary for g in groups)
     merged = {k: v for k, v in common.items()  # null in common: leave the stage's own value
-              if v is not None and k.lstrip("+~").split("@")[0].split(".")[0] not in foreign}
+              if v is not None and _top_key(k) not in foreign}
     merged.update(OmegaConf.to_container(spec.get("overrides") or OmegaConf.create({}), resolve=True))
     merged = seeded(merged, study, seed)
     plain, structured = [], {}
@@ -139,7 +159,8 @@ def stage_config(study: DictConfig, name: str, seed: int | None = None) -> DictC
             plain.append(f"{key}={_override_value(value)}")
     out = stage_dir(study, name, seed)
     try:
-        cfg = compose(primary, overrides=[*plain, f"paths.output_dir={_override_value(str(out))}",
+        given = [o for o in command_line(cli) if _top_key(o.split("=", 1)[0]) not in foreign]
+        cfg = compose(primary, overrides=[*plain, *given, f"paths.output_dir={_override_value(str(out))}",
                                           f"seed={run_seed(study, spec, seed)}"], return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
         raise ConfigError(f"stage {name} of the study does not compose: {err}") from err
