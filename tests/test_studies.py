@@ -20,7 +20,7 @@ from infoflow.errors import ConfigError, UserError
 from infoflow.models import MODELS, get_model
 from infoflow.studies.report import build_report, epoch_layers, model_table, steps_check
 from infoflow.studies.stages import check_stages, command_line, read_done, run_stages, seeded, stage_config
-from infoflow.studies.study import AccuracyGateError, gate, same_seed_before, study_jobs
+from infoflow.studies.study import AccuracyGateError, gate, packing_line, same_seed_before, study_jobs
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
 
@@ -182,6 +182,12 @@ def test_a_study_unit_waits_for_the_earlier_units_of_its_seed() -> None:
     assert same_seed_before(order, split, "check/seed_0") == ["a/seed_0", "b/seed_0"]
     unseeded = {"x": ("x", None), "y": ("y", None)}
     assert same_seed_before(["x", "y"], unseeded, "y") == ["x"]
+
+
+def test_the_packing_line_is_the_unit_time_over_the_processes_wall_time() -> None:
+    assert "busy 100% of it" in packing_line(120.0, 4, 60.0, 2)  # two processes, both busy all along
+    assert "busy 50% of it" in packing_line(60.0, 2, 60.0, 2) and "2 units ran: 1.0 unit-minutes in 1.0 min" in \
+        packing_line(60.0, 2, 60.0, 2)
 
 
 def test_study_jobs_auto_is_one_process_per_core_without_cuda_and_splits_the_threads() -> None:

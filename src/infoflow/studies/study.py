@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,14 @@ def study_jobs(cfg: DictConfig) -> tuple[int, int]:
     return value, max(1, torch.get_num_threads() // value)
 
 
+def packing_line(unit_seconds: float, units: int, wall_seconds: float, jobs: int) -> str:
+    """The line that says how well `units` that took `unit_seconds` (summed) filled `jobs` processes over
+    `wall_seconds`: 1.0 when every process was busy all the time."""
+    fill = unit_seconds / (jobs * wall_seconds) if wall_seconds > 0 else float("nan")
+    return (f"[study] {units} units ran: {unit_seconds / 60:.1f} unit-minutes in {wall_seconds / 60:.1f} min wall "
+            f"with {jobs} process{'es' if jobs > 1 else ''} at a time (the processes were busy {fill:.0%} of it)")
+
+
 def resume_hint(cfg: DictConfig) -> str:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [o for o in overrides if not o.startswith("hydra.run.dir=")]
@@ -196,6 +205,7 @@ class StudyTask(TrainingTask):
         directory = lambda key: stage_dir(cfg, *split[key])  # noqa: E731
         after = lambda key: same_seed_before(order, split, key)  # noqa: E731
         ran: set[str] = set()
+        start = time.perf_counter()
         try:  # every classifier is trained and gated before any SID is computed
             config = lambda key: stage_config(cfg, *split[key])  # noqa: E731
             progress = UnitProgress(len(train) + len(rest))
@@ -203,6 +213,9 @@ class StudyTask(TrainingTask):
             records = run_stages(train, directory, config, runner, progress, **kw)
             gate(cfg, records)
             records.update(run_stages(rest, directory, config, runner, progress, **kw))
+            if ran:
+                print(packing_line(sum(records[k]["seconds"] for k in ran), len(ran),
+                                   time.perf_counter() - start, jobs))
         except AccuracyGateError:
             raise
         except BaseException:
