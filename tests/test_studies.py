@@ -130,6 +130,7 @@ def test_a_failed_parallel_stage_lets_the_running_one_finish_and_the_rerun_resum
         _parallel(tmp_path, _Rendezvous(tmp_path, ("a0", "a1"), fail_at="a1"), names, after)
     assert read_done(tmp_path / "a0") is not None  # it was running when a1 failed
     assert read_done(tmp_path / "a1") is None and read_done(tmp_path / "b1") is None  # b1 waits for a1: never started
+    assert "RuntimeError: stage a1 broke" in (tmp_path / "a1" / "stage.log").read_text()  # the traceback is logged
     kept = (tmp_path / "a0" / "done.json").read_text()
     records = _parallel(tmp_path, _Rendezvous(tmp_path, ("-", "-")), names, after)
     assert set(records) == set(names) and (tmp_path / "a0" / "done.json").read_text() == kept  # a0 not rerun

@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -219,6 +220,9 @@ def _run_in_worker(
     start = time.perf_counter()
     try:
         return _jsonable(runner(name, cfg)), time.perf_counter() - start
+    except BaseException:
+        traceback.print_exc()  # into the stage's log too; the parent raises the error itself
+        raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
