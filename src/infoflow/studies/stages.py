@@ -124,12 +124,16 @@ def run_seed(study: DictConfig, spec: DictConfig, seed: int | None) -> int:
     return int(study.seed if seed is None else seed) + int(spec.get("seed_offset") or 0)
 
 
-def command_line(overrides: Sequence[str] | None = None) -> list[str]:
-    """The study command line's overrides that every stage takes too (`overrides`, default the running
-    ``train.py``'s): all but the study's own (``experiment``, ``task.*``, ``seed``, ``hydra.*``), e.g.
-    ``trainer=gpu``, ``data.root=...``, ``paths.cache_dir=...``."""
+def command_line(overrides: Sequence[str] | None = None, study: DictConfig | None = None) -> list[str]:
+    """The study command line's overrides that every stage takes too (`overrides`, default those of the
+    ``train.py`` run that made `study`, none for a config composed otherwise): all but the study's own
+    (``experiment``, ``task.*``, ``seed``, ``hydra.*``), e.g. ``trainer=gpu``, ``data.root=...``."""
     if overrides is None:
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        overrides = []
+        if HydraConfig.initialized() and study is not None:
+            hydra = HydraConfig.get()
+            if Path(str(hydra.runtime.output_dir)).resolve() == Path(str(study.paths.output_dir)).resolve():
+                overrides = list(hydra.overrides.task)
     return [o for o in overrides if _top_key(o.split("=", 1)[0]) not in STUDY_OWN]
 
 
@@ -160,7 +164,7 @@ def stage_config(study: DictConfig, name: str, seed: int | None = None, cli: Seq
             plain.append(f"{key}={_override_value(value)}")
     out = stage_dir(study, name, seed)
     try:
-        given = [o for o in command_line(cli) if _top_key(o.split("=", 1)[0]) not in foreign]
+        given = [o for o in command_line(cli, study) if _top_key(o.split("=", 1)[0]) not in foreign]
         cfg = compose(primary, overrides=[*plain, *given, f"paths.output_dir={_override_value(str(out))}",
                                           f"seed={run_seed(study, spec, seed)}"], return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors: a mistyped key or option in the study config
