@@ -132,7 +132,8 @@ def command_line(overrides: Sequence[str] | None = None, study: DictConfig | Non
         overrides = []
         if HydraConfig.initialized() and study is not None:
             hydra = HydraConfig.get()
-            if Path(str(hydra.runtime.output_dir)).resolve() == Path(str(study.paths.output_dir)).resolve():
+            ran_in = OmegaConf.select(hydra, "runtime.output_dir", default=None)  # missing after compose()
+            if ran_in is not None and Path(str(ran_in)).resolve() == Path(str(study.paths.output_dir)).resolve():
                 overrides = list(hydra.overrides.task)
     return [o for o in overrides if _top_key(o.split("=", 1)[0]) not in STUDY_OWN]
 
