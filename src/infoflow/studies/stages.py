@@ -212,7 +212,7 @@ def _jsonable(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
 def _run_in_worker(
     runner: Callable[[str, DictConfig], Mapping[str, Any] | None], name: str, cfg: DictConfig, log_file: Path,
     threads: int,
-) -> tuple[dict[str, Any], float]:
+) -> tuple[Mapping[str, Any] | None, float]:
     """One stage in a worker process: ``threads`` intra-op threads, its stdout and stderr (file descriptors 1
     and 2, so C-level output too) appended to `log_file`; its metrics and wall time in seconds."""
     import torch
@@ -224,13 +224,18 @@ def _run_in_worker(
         os.dup2(f.fileno(), 2)
     start = time.perf_counter()
     try:
-        return _jsonable(runner(name, cfg)), time.perf_counter() - start
+        return runner(name, cfg), time.perf_counter() - start
     except BaseException:
         traceback.print_exc()  # into the stage's log too; the parent raises the error itself
         raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _waits_for(names: list[str], after: Callable[[str], list[str]] | None) -> Callable[[str], list[str]]:
+    """`after`, or by default every earlier name (the stages in order)."""
+    return after or (lambda name: names[: names.index(name)])
 
 
 def plan_stages(
@@ -244,7 +249,7 @@ def plan_stages(
     that are skipped, and the names that run (in order). A stage runs when it has no ``done.json`` with its
     config's fingerprint, or when a stage it depends on (`after`; default every earlier name) runs, here or
     (`ran`) in an earlier call."""
-    earlier = after or (lambda name: names[: names.index(name)])
+    earlier = _waits_for(names, after)
     runs: list[str] = []
     configs, skipped = {}, {}
     will = set(ran or ())
@@ -318,20 +323,37 @@ def run_stages(
             start = time.perf_counter()
             metrics = runner(name, configs[name][0])
             finish(name, metrics, time.perf_counter() - start)
-        return dict(sorted(records.items(), key=lambda kv: names.index(kv[0])))
-    earlier = after or (lambda name: names[: names.index(name)])
-    waits = {name: {d for d in earlier(name) if d in runs} for name in runs}
-    pending, running, error = list(runs), {}, None
+    else:
+        earlier = _waits_for(names, after)
+        waits = {name: {d for d in earlier(name) if d in runs} for name in runs}
+        _run_parallel(runs, waits, lambda n: configs[n][0], directory, runner, finish, jobs, threads)
+    return dict(sorted(records.items(), key=lambda kv: names.index(kv[0])))
+
+
+def _run_parallel(
+    runs: list[str],
+    waits: Mapping[str, set[str]],
+    config: Callable[[str], DictConfig | ListConfig],
+    directory: Callable[[str], Path],
+    runner: Callable[[str, DictConfig], Mapping[str, Any] | None],
+    finish: Callable[[str, Mapping[str, Any] | None, float], None],
+    jobs: int,
+    threads: int,
+) -> None:
+    """Run the stages `runs`, up to `jobs` at once in spawned processes, each once the stages it `waits` for
+    have finished (`finish` is called in this process as each one ends); after a failure none starts, the
+    running ones finish, and the first error is raised."""
+    pending, running, done, error = list(runs), {}, set(), None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         while pending or running:
             while error is None and len(running) < jobs:
-                ready = next((n for n in pending if not waits[n] - records.keys()), None)
+                ready = next((n for n in pending if waits[n] <= done), None)
                 if ready is None:
                     break
                 pending.remove(ready)
                 log_file = directory(ready) / "stage.log"
                 print(f"[study] stage {ready}: running into {directory(ready)} (output: {log_file})", flush=True)
-                running[pool.submit(_run_in_worker, runner, ready, configs[ready][0], log_file, threads)] = ready
+                running[pool.submit(_run_in_worker, runner, ready, config(ready), log_file, threads)] = ready
             if not running:
                 if error is None:
                     raise RuntimeError(f"stages {pending} wait for stages that never run: check `after`")
@@ -346,6 +368,6 @@ def run_stages(
                     error = error or err
                     continue
                 finish(name, metrics, seconds)
+                done.add(name)
     if error is not None:
         raise error
-    return dict(sorted(records.items(), key=lambda kv: names.index(kv[0])))

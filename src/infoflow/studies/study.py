@@ -121,18 +121,18 @@ def run_stage(name: str, cfg: DictConfig, spec: DictConfig, params: DictConfig |
 
 
 class StageRunner:
-    """Runs one stage-seed unit of a study (picklable, for ``task.jobs`` > 1): ``runner(key, cfg)``."""
+    """Runs one stage-seed unit of a study (picklable, for ``task.jobs`` > 1): ``runner(key, cfg)``, with
+    `split` mapping each unit's key to its (stage, seed)."""
 
-    def __init__(self, study: DictConfig) -> None:
-        self.specs = {n: OmegaConf.to_container(spec, resolve=True) for n, spec in study.task.stages.items()}
-        self.study = study
+    def __init__(self, study: DictConfig, split: dict[str, tuple[str, int | None]]) -> None:
+        self.study, self.split = study, split
 
     def __call__(self, key: str, cfg: DictConfig) -> dict[str, Any] | None:
-        name, _, seed = key.partition("/seed_")
-        spec = OmegaConf.create(self.specs[name])
+        name, seed = self.split[key]
+        spec = self.study.task.stages[name]
         params = None
         if spec.kind == "robustness":
-            params = OmegaConf.create(seeded(self.specs[name]["params"], self.study, int(seed) if seed else None))
+            params = OmegaConf.create(seeded(OmegaConf.to_container(spec.params, resolve=True), self.study, seed))
         return run_stage(key, cfg, spec, params)
 
 
@@ -201,7 +201,7 @@ class StudyTask(TrainingTask):
         train = [k for k in order if cfg.task.stages[split[k][0]].kind == "train"]
         rest = [k for k in order if k not in train]
         jobs, threads = study_jobs(cfg)
-        runner = StageRunner(cfg)
+        runner = StageRunner(cfg, split)
         directory = lambda key: stage_dir(cfg, *split[key])  # noqa: E731
         after = lambda key: same_seed_before(order, split, key)  # noqa: E731
         ran: set[str] = set()
