@@ -206,9 +206,10 @@ def build_report(study: str, out: str | Path, models: pd.DataFrame, cells: pd.Da
     text = "\n\n".join([
         f"# Study: {study}",
         "SID, RU and concentration in nats per input pixel; higher SID: more input information discarded. "
-        f"Each value is the mean over {seeds} training seed(s) of the mean over {images} analysed test images, with "
-        f"its {level:.0%} interval (Student's t over the seed means; over the images with one seed); seed_sd: the "
-        "spread of the seed means, image_se: the images' standard error within a seed. NaN: not measured.",
+        f"Each value is the mean over {seeds} training seed(s) of the mean over {images} analysed images (test "
+        f"images; in a study over epochs the layerwise callback's subset), with its {level:.0%} interval "
+        "(Student's t over the seed means; over the images with one seed); seed_sd: the spread of the seed means, "
+        "image_se: the images' standard error within a seed. NaN: not measured.",
         "## Models (means over seeds)\n\n" + to_markdown_table(table),
         "## Per layer\n\n" + to_markdown_table(long),
         "## Verdicts\n\n" + "\n".join(v.line() for v in verdicts),
