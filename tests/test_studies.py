@@ -124,6 +124,43 @@ def test_parallel_stages_run_at_once_in_their_own_processes_after_their_predeces
     assert calls == []
 
 
+def test_a_parallel_robustness_unit_gets_its_models_resolved_in_the_study_process(
+    tmp_path: Path, random_shapesnet: Path
+) -> None:
+    """A spawned worker has no Hydra run: the robustness parameters (``${task.models}``, whose weights live under
+    ``paths.output_dir = ${hydra:runtime.output_dir}``) must reach it resolved and redirected to its seed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from infoflow.studies.study import StageRunner
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        study = compose("train", overrides=["experiment=compression_shapes", "logger=csv"], return_hydra_config=True)
+        study.hydra.runtime.output_dir = str(tmp_path)  # as in a train.py run
+        HydraConfig.instance().set_config(study)
+        try:
+            name_plugins(study, study.hydra.runtime.choices)
+            with open_dict(study):
+                del study["hydra"]
+            assert study.paths.output_dir == str(tmp_path)  # through ${hydra:...}
+            study.task.common = {"data.num_train": 64, "data.num_val": 16, "data.num_test": 32,
+                                 "data.batch_size": 16}
+            study.task.stages.robustness.params.update({"num_images": 2, "top_k": 1, "c_values": [1.0], "steps": 1})
+            names = [m.name for m in study.task.models]
+            for name in names:  # what the pruning stages of seed 1 would have written
+                (tmp_path / name / "seed_1").mkdir(parents=True)
+                (tmp_path / name / "seed_1" / "model.pt").write_bytes(random_shapesnet.read_bytes())
+            key = "robustness/seed_1"
+            runner = StageRunner(study, {key: ("robustness", 1)})
+            where = tmp_path / "robustness" / "seed_1"
+            records = run_stages([key], lambda k: where, lambda k: stage_config(study, "robustness", 1), runner,
+                                 jobs=2)
+        finally:
+            HydraConfig.instance().cfg = None
+    assert set(records[key]["metrics"]) == {f"{n}/robustness_l2" for n in names}
+    assert list(pd.read_csv(where / "robustness.csv").model) == names
+    assert f"{tmp_path}/pruned_90/seed_1/model.pt" in str(runner.params[key].models[-1].weights)
+
+
 def test_a_failed_parallel_stage_lets_the_running_one_finish_and_the_rerun_resumes(tmp_path: Path) -> None:
     names, after = ["a0", "a1", "b1"], {"a0": [], "a1": [], "b1": ["a1"]}
     with pytest.raises(RuntimeError, match="stage a1 broke"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -43,6 +44,18 @@ def top_wrong_classes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tor
     return masked.topk(k, dim=1).indices
 
 
+def require_torchattacks() -> ModuleType:
+    """The optional attack library, or a `ConfigError` that says how to install it (checked before a study's
+    first stage runs, so a missing library does not stop it after minutes of training)."""
+    try:
+        import torchattacks
+    except ImportError:
+        raise ConfigError("the robustness stage needs torchattacks: pip install --no-deps 'torchattacks>=3.5' "
+                          "(--no-deps: its pins would downgrade requests/urllib3; make install does this), or "
+                          "drop the robustness stage") from None
+    return torchattacks
+
+
 def minimal_targeted_l2(
     model: nn.Module,
     images01: torch.Tensor,
@@ -61,13 +74,7 @@ def minimal_targeted_l2(
         images01: (N, C, H, W) images in [0, 1]; labels: (N,) true classes.
         mean, std: the model's input normalisation (applied inside the attack).
     """
-    try:
-        import torchattacks  # the optional attack library
-    except ImportError:
-        raise ConfigError("the robustness stage needs torchattacks: pip install --no-deps 'torchattacks>=3.5' "
-                          "(--no-deps: its pins would downgrade requests/urllib3), or drop the robustness stage"
-                          ) from None
-
+    torchattacks = require_torchattacks()
     model = model.eval()
     mean_t = torch.tensor(mean, device=images01.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images01.device).view(1, -1, 1, 1)

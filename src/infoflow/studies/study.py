@@ -29,7 +29,7 @@ from infoflow.builders import build_datamodule, build_loggers
 from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.models.zoo import get_model
 from infoflow.studies.report import build_report, epoch_layers, log_report, model_table, steps_check
-from infoflow.studies.robustness import minimal_targeted_l2
+from infoflow.studies.robustness import minimal_targeted_l2, require_torchattacks
 from infoflow.studies.stages import check_stages, run_stages, seeded, stage_config, stage_dir, study_seeds
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
@@ -106,34 +106,39 @@ def unit(name: str, seed: int | None) -> str:
     return name if seed is None else f"{name}/seed_{seed}"
 
 
-def run_stage(name: str, cfg: DictConfig, spec: DictConfig, params: DictConfig | None = None) -> dict[str, Any] | None:
-    """Run one stage's composed config `cfg` (kind ``spec.kind``) in-process; its final metrics. `params`:
-    a robustness stage's parameters (default ``spec.params``), already redirected to its seed's models."""
-    if spec.kind == "train":
+def run_stage(kind: str, cfg: DictConfig, params: DictConfig | None = None) -> dict[str, Any] | None:
+    """Run one stage's composed config `cfg` in-process (`kind`: ``train``, ``evaluate`` or ``robustness``,
+    whose `params` are already redirected to its seed's models); its final metrics."""
+    if kind == "train":
         from infoflow.tasks import run_task
 
         return run_task(cfg)
-    if spec.kind == "evaluate":
+    if kind == "evaluate":
         from infoflow.analyses import run_analysis
 
         return run_analysis(cfg)
-    return run_robustness(cfg, params if params is not None else spec.params)
+    assert params is not None, "a robustness stage needs its params"
+    return run_robustness(cfg, params)
 
 
 class StageRunner:
     """Runs one stage-seed unit of a study (picklable, for ``task.jobs`` > 1): ``runner(key, cfg)``, with
-    `split` mapping each unit's key to its (stage, seed)."""
+    `split` mapping each unit's key to its (stage, seed). What a unit needs of the study (its stage's kind, a
+    robustness stage's parameters redirected to its seed) is resolved here, in the study's process: a spawned
+    worker has no Hydra run to resolve ``${hydra:...}`` (e.g. ``paths.output_dir``) with."""
 
     def __init__(self, study: DictConfig, split: dict[str, tuple[str, int | None]]) -> None:
-        self.study, self.split = study, split
+        self.kinds: dict[str, str] = {}
+        self.params: dict[str, DictConfig] = {}
+        for key, (name, seed) in split.items():
+            spec = study.task.stages[name]
+            self.kinds[key] = str(spec.kind)
+            if spec.kind == "robustness":
+                params = OmegaConf.to_container(spec.params, resolve=True)
+                self.params[key] = OmegaConf.create(seeded(params, study, seed))
 
     def __call__(self, key: str, cfg: DictConfig) -> dict[str, Any] | None:
-        name, seed = self.split[key]
-        spec = self.study.task.stages[name]
-        params = None
-        if spec.kind == "robustness":
-            params = OmegaConf.create(seeded(OmegaConf.to_container(spec.params, resolve=True), self.study, seed))
-        return run_stage(key, cfg, spec, params)
+        return run_stage(self.kinds[key], cfg, self.params.get(key))
 
 
 def same_seed_before(order: list[str], split: dict[str, tuple[str, int | None]], key: str) -> list[str]:
@@ -182,6 +187,11 @@ class StudyTask(TrainingTask):
         check_jobs(t.get("jobs", 1), "task.jobs")
         for name in t.stages:
             stage_seeds(self.cfg, name)
+            if t.stages[name].get("kind") == "robustness":
+                try:
+                    require_torchattacks()  # before the first stage trains, not after
+                except ConfigError as err:
+                    raise ConfigError(f"task.stages.{name}: {err}") from None
         if t.report.get("steps_check") and t.report.steps_check.stage not in t.stages:
             raise ConfigError(f"task.report.steps_check.stage={t.report.steps_check.stage!r} is not one of the "
                               f"stages: {', '.join(t.stages)}")
