@@ -8,12 +8,10 @@ export WANDB_MODE ?= offline
 
 .PHONY: install demo test test-all lint docs bench figures clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# the studies' robustness stage (appendix A); --no-deps: its pins would downgrade requests/urllib3
-	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -29,7 +29,7 @@ from infoflow.builders import build_datamodule, build_loggers
 from infoflow.errors import ConfigError, DataError, UserError
 from infoflow.models.zoo import get_model
 from infoflow.studies.report import build_report, epoch_layers, log_report, model_table, steps_check
-from infoflow.studies.robustness import minimal_targeted_l2, require_torchattacks
+from infoflow.studies.robustness import minimal_targeted_l2
 from infoflow.studies.stages import check_stages, run_stages, seeded, stage_config, stage_dir, study_seeds
 from infoflow.studies.verdicts import VERDICTS
 from infoflow.tasks import TASKS
@@ -187,11 +187,6 @@ class StudyTask(TrainingTask):
         check_jobs(t.get("jobs", 1), "task.jobs")
         for name in t.stages:
             stage_seeds(self.cfg, name)
-            if t.stages[name].get("kind") == "robustness":
-                try:
-                    require_torchattacks()  # before the first stage trains, not after
-                except ConfigError as err:
-                    raise ConfigError(f"task.stages.{name}: {err}") from None
         if t.report.get("steps_check") and t.report.steps_check.stage not in t.stages:
             raise ConfigError(f"task.report.steps_check.stage={t.report.steps_check.stage!r} is not one of the "
                               f"stages: {', '.join(t.stages)}")
