@@ -42,7 +42,7 @@ def _exact_minimum(model: nn.Sequential, image01: torch.Tensor, target: int) -> 
 @pytest.mark.parametrize("classes", [3, 5])
 def test_the_attack_finds_a_near_minimal_perturbation_of_a_linear_classifier(classes: int) -> None:
     """Every (image, target) pair is reached, never below the exact minimum (a shorter successful perturbation
-    cannot exist), near it (measured: 1.01-1.33x, median about 1.04), with negative target logits among the
+    cannot exist), near it (measured at 500 steps: at most 1.39x, median 1.04), with negative target logits among the
     targets (torchattacks' CW fails on those)."""
     channels, size, k = 3, 4, classes - 1
     model = _linear(channels, size, classes, seed=classes)
@@ -55,7 +55,7 @@ def test_the_attack_finds_a_near_minimal_perturbation_of_a_linear_classifier(cla
     targets = top_wrong_classes(logits, labels, k)
     assert (logits.gather(1, targets) < 0).any()  # the case torchattacks' loss gets wrong is covered
     result = minimal_targeted_l2(model, images, labels, MEAN, STD, top_k=k, c_values=[1.0, 10.0],
-                                 steps=1000, lr=0.01)
+                                 steps=500, lr=0.01)
     exact = torch.tensor([[_exact_minimum(model, images[n], int(targets[n, j])) for j in range(k)]
                           for n in range(len(images))], dtype=torch.float32)
     assert result.norms.shape == (6, k) and result.success_rate == 1.0
